@@ -1,0 +1,5 @@
+"""edgebench agent: the device side. Light by design: stdlib, numpy, psutil, paho-mqtt, click and a
+runtime (onnxruntime or LiteRT), imported lazily. Never imports onnx, torch, tensorflow or the
+collector/converter packages."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""edgebench collector: the server side (MQTT ingest into SQLite, fleet operations, reports)."""

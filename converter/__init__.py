@@ -1,0 +1,1 @@
+"""edgebench converter: the host side (ONNX/PyTorch model -> optimized, checked artifacts)."""
