@@ -19,8 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agent.service_cli:agent_group", "agent"),
     "keys": ("agent.service_cli:keys_group", "agent"),
     "collector": ("collector.cli:collector_group", "collector"),
-    "fleet": ("collector.cli:fleet_group", "collector"),
-    "report": ("collector.cli:report_group", "collector"),
+    "fleet": ("collector.fleet_cli:fleet_group", "collector"),
+    "report": ("collector.report_cli:report_group", "collector"),
     "convert": ("converter.cli:convert", "converter"),
     "demo": ("edgebench.demo:demo", "all"),
 }
