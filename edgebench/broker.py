@@ -61,6 +61,8 @@ class MosquittoBroker:
     allow_anonymous: bool = True
     max_queued_messages: int = 100000
     process: subprocess.Popen | None = None
+    mqtt_version: int = 5
+    name: str = "mosquitto"
 
     @property
     def config_path(self) -> Path:
@@ -140,3 +142,79 @@ class MosquittoBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class EmbeddedBroker:
+    """amqtt, a pure-Python MQTT 3.1.1 broker from PyPI, for machines without mosquitto.
+
+    It speaks MQTT 3.1.1 only, so clients connect with ``mqtt_version = 3``; QoS 1 with acks after
+    commit still holds. Its persistence does not survive a crash: use mosquitto in production.
+    """
+
+    workdir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    process: subprocess.Popen | None = None
+    mqtt_version: int = 3
+    name: str = "amqtt (embedded, MQTT 3.1.1)"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "amqtt.log"
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        import importlib.util
+        import sys
+
+        if importlib.util.find_spec("amqtt") is None:
+            raise BrokerError(
+                "no MQTT broker: install mosquitto (apt-get install mosquitto) or pip install amqtt"
+            )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.port == 0:
+            self.port = free_port(self.host)
+        config = self.workdir / "amqtt.yaml"
+        config.write_text(
+            "listeners:\n  default:\n    type: tcp\n"
+            f"    bind: {self.host}:{self.port}\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        if not wait_for_port(self.host, self.port, timeout_s):
+            self.stop()
+            raise BrokerError(f"amqtt did not listen on {self.host}:{self.port}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_local_broker(workdir: Path, prefer: str = "auto") -> MosquittoBroker | EmbeddedBroker:
+    """mosquitto when it is installed (or asked for), else the embedded amqtt broker."""
+    if prefer not in ("auto", "mosquitto", "embedded"):
+        raise BrokerError(f"unknown broker choice {prefer!r}: use auto, mosquitto or embedded")
+    if prefer == "mosquitto" or (prefer == "auto" and mosquitto_path() is not None):
+        return MosquittoBroker(workdir=workdir / "mosquitto").start()
+    return EmbeddedBroker(workdir=workdir / "amqtt").start()
