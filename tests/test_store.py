@@ -21,12 +21,65 @@ from collector.store import (
 )
 from tests.support.records import SHA, make_record, make_status
 
-CONTRACT_RESULT_COLUMNS = ["result_id", "device_id", "model", "artifact_name", "artifact_sha256", "variant", "format", "precision", "size_bytes", "runtime", "runtime_version", "threads", "batch", "status", "error", "n", "mean_ms", "std_ms", "cv", "min_ms", "p50_ms", "p50_ci_low_ms", "p50_ci_high_ms", "p90_ms", "p99_ms", "max_ms", "throughput_ips", "stable", "load_ms", "first_inference_ms", "load_peak_mb", "inference_peak_mb", "cpu_s_per_inference", "energy_j_per_inference", "energy_method", "avg_power_w", "temp_start_c", "temp_max_c", "temp_end_c", "freq_start_mhz", "freq_end_mhz", "throttled", "accuracy_metric", "accuracy_value", "accuracy_delta", "job_id", "started_at", "finished_at", "received_at", "record"]
+CONTRACT_RESULT_COLUMNS = (
+    "result_id",
+    "device_id",
+    "model",
+    "artifact_name",
+    "artifact_sha256",
+    "variant",
+    "format",
+    "precision",
+    "size_bytes",
+    "runtime",
+    "runtime_version",
+    "threads",
+    "batch",
+    "status",
+    "error",
+    "n",
+    "mean_ms",
+    "std_ms",
+    "cv",
+    "min_ms",
+    "p50_ms",
+    "p50_ci_low_ms",
+    "p50_ci_high_ms",
+    "p90_ms",
+    "p99_ms",
+    "max_ms",
+    "throughput_ips",
+    "stable",
+    "load_ms",
+    "first_inference_ms",
+    "load_peak_mb",
+    "inference_peak_mb",
+    "cpu_s_per_inference",
+    "energy_j_per_inference",
+    "energy_method",
+    "avg_power_w",
+    "temp_start_c",
+    "temp_max_c",
+    "temp_end_c",
+    "freq_start_mhz",
+    "freq_end_mhz",
+    "throttled",
+    "accuracy_metric",
+    "accuracy_value",
+    "accuracy_delta",
+    "job_id",
+    "started_at",
+    "finished_at",
+    "received_at",
+    "record",
+)
 
 
 def test_migrations_from_empty_db_and_rerun(db_path):
     db = open_db(db_path)
-    assert [c.name for c in db["results"].columns] == CONTRACT_RESULT_COLUMNS == list(RESULT_COLUMN_NAMES)
+    assert (
+        [c.name for c in db["results"].columns] == list(CONTRACT_RESULT_COLUMNS) == list(RESULT_COLUMN_NAMES)
+    )
     for table in ("devices", "jobs", "job_events", "artifacts", "dead_letters", "schema_migrations"):
         assert db[table].exists(), table
     assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
