@@ -57,7 +57,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
-ModelFormat = Literal["onnx", "tflite"]
+ModelFormat = Literal["onnx", "tflite", "unknown"]  # "unknown": only in failed records of unreadable files
 ResultStatus = Literal["ok", "failed", "aborted"]
 JobState = Literal[
     "received", "fetching", "verifying", "running", "done", "failed", "rejected", "cancelled", "aborted"
