@@ -344,7 +344,8 @@ def register_artifact(
     with db.atomic():
         db.conn.execute(
             "INSERT INTO artifacts (sha256, name, format, precision, size_bytes, model, variant, source, "
-            "path, fidelity, registered_at) VALUES (:sha256, :name, :format, :precision, :size_bytes, :model, "
+            "path, fidelity, registered_at) VALUES (:sha256, :name, :format, :precision, :size_bytes, "
+            ":model, "
             ":variant, :source, :path, :fidelity, :registered_at) ON CONFLICT(sha256) DO UPDATE SET "
             "name = excluded.name, path = COALESCE(excluded.path, artifacts.path), "
             "source = excluded.source, fidelity = COALESCE(excluded.fidelity, artifacts.fidelity), "
