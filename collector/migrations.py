@@ -140,6 +140,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS idx_dead_letters_received ON dead_letters(received_at)",
         ),
     ),
+    Migration(
+        2,
+        "report index (engineer F, collector/report_index.py): narrow per-run rows with a latency histogram",
+        (
+            """CREATE TABLE IF NOT EXISTS report_cells (
+  cell_id INTEGER PRIMARY KEY,
+  device_id TEXT NOT NULL, model TEXT, variant TEXT, artifact_name TEXT, artifact_sha256 TEXT,
+  format TEXT, precision TEXT, size_bytes INTEGER, runtime TEXT, threads INTEGER, batch INTEGER,
+  UNIQUE (device_id, artifact_sha256, runtime, threads, batch)
+)""",
+            """CREATE TABLE IF NOT EXISTS report_runs (
+  cell_id INTEGER NOT NULL, finished_at TEXT NOT NULL, result_id TEXT NOT NULL,
+  status TEXT, job_id TEXT, n INTEGER, p50_ms REAL, p50_ci_low_ms REAL, p50_ci_high_ms REAL,
+  peak_mb REAL, energy_j REAL, energy_method TEXT, accuracy_delta REAL,
+  raw INTEGER,          -- 1: hist from raw samples, 0: from recorded quantiles
+  hist BLOB,            -- sparse log histogram, see collector/report_stats.py
+  PRIMARY KEY (cell_id, finished_at, result_id)
+) WITHOUT ROWID""",
+            "CREATE TABLE IF NOT EXISTS report_meta (key TEXT PRIMARY KEY, value)",
+        ),
+    ),
 )
 
 
