@@ -11,6 +11,19 @@ from pathlib import Path
 from agent import __version__
 from agent.schema import DeviceInfo
 
+ARM_PARTS = {
+    "0xd03": "Cortex-A53",
+    "0xd04": "Cortex-A35",
+    "0xd05": "Cortex-A55",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73",
+    "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1",
+    "0xd41": "Cortex-A78",
+    "0xd46": "Cortex-A510",
+    "0xd47": "Cortex-A710",
+}
 RUNTIME_DISTRIBUTIONS = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "litert": ("ai-edge-litert",),
@@ -38,27 +51,19 @@ def board_model(root: Path = Path("/")) -> str:
 
 
 def cpu_model(root: Path = Path("/")) -> str:
+    """x86 "model name"; on ARM the core from "CPU part" (the "Model" line there is the board)."""
     text = _read(root / "proc/cpuinfo")
-    keys = ("model name", "Model", "Hardware", "Processor", "cpu model")
-    found: dict[str, str] = {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        key = key.strip()
-        if sep and key in keys and key not in found and value.strip():
-            found[key] = value.strip()
-    for key in keys:
-        if key in found:
-            return found[key]
-    implementer = part = ""
-    for line in text.splitlines():
-        if line.startswith("CPU implementer"):
-            implementer = line.partition(":")[2].strip()
-        elif line.startswith("CPU part"):
-            part = line.partition(":")[2].strip()
-    parts = {"0xd03": "Cortex-A53", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76", "0xd05": "Cortex-A55"}
+        if sep and key.strip() not in fields and value.strip():
+            fields[key.strip()] = value.strip()
+    if "model name" in fields:
+        return fields["model name"]
+    part = fields.get("CPU part", "").lower()
     if part:
-        return parts.get(part.lower(), f"ARM implementer {implementer} part {part}")
-    return platform.processor() or "unknown"
+        return ARM_PARTS.get(part, f"ARM implementer {fields.get('CPU implementer', '?')} part {part}")
+    return fields.get("Hardware") or fields.get("cpu model") or platform.processor() or "unknown"
 
 
 def cpu_cores(root: Path = Path("/")) -> int:
