@@ -1,0 +1,158 @@
+"""The device's job store: every job it was sent, with its state, persisted across restarts.
+
+One JSON file per job in ``<data_dir>/jobs/`` (written atomically: tmp, fsync, rename). States
+follow :data:`agent.schema.JobState`: received -> fetching -> verifying -> running -> done, or
+failed / rejected / cancelled / aborted with a reason. :meth:`JobStore.recover` runs at start-up:
+a job that was fetching or verifying when the agent died is queued again (fetching resumes from the
+cache); one that was running is marked aborted (its finished results are already in the outbox).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from agent.schema import Job, SchemaError, utc_now
+
+__all__ = ["ACTIVE", "FINAL", "JobEntry", "JobStore", "JobStoreError", "target_matches"]
+
+FINAL = frozenset({"done", "failed", "rejected", "cancelled", "aborted"})
+ACTIVE = frozenset({"fetching", "verifying", "running"})
+
+
+class JobStoreError(Exception):
+    """The job directory is unusable."""
+
+
+@dataclass(frozen=True)
+class JobEntry:
+    job_id: str
+    state: str
+    updated_at: str
+    received_at: str
+    job: Job | None = None  # None when the message itself could not be trusted or decoded
+    detail: str = ""
+    result_ids: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        body = {
+            "job_id": self.job_id,
+            "state": self.state,
+            "updated_at": self.updated_at,
+            "received_at": self.received_at,
+            "detail": self.detail,
+            "result_ids": list(self.result_ids),
+            "job": self.job.to_dict() if self.job is not None else None,
+        }
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> JobEntry:
+        data = json.loads(text)
+        job = Job.from_dict(data["job"]) if data.get("job") is not None else None
+        return cls(
+            job_id=data["job_id"],
+            state=data["state"],
+            updated_at=data["updated_at"],
+            received_at=data["received_at"],
+            job=job,
+            detail=data.get("detail", ""),
+            result_ids=tuple(data.get("result_ids", ())),
+        )
+
+
+def target_matches(target: str, device_id: str, tags: tuple[str, ...]) -> bool:
+    if target == "all":
+        return True
+    kind, _, name = target.partition(":")
+    return (kind == "device" and name == device_id) or (kind == "tag" and name in tags)
+
+
+class JobStore:
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JobStoreError(f"cannot create job directory {self.dir}: {exc}") from None
+        self._lock = threading.Lock()
+        self._entries: dict[str, JobEntry] = {}
+        self.unreadable: list[str] = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                entry = JobEntry.from_json(path.read_text())
+            except (OSError, ValueError, KeyError, SchemaError) as exc:
+                self.unreadable.append(f"{path.name}: {exc}")
+                continue
+            self._entries[entry.job_id] = entry
+
+    def _write(self, entry: JobEntry) -> None:
+        path = self.dir / f"{entry.job_id}.json"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(entry.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def get(self, job_id: str) -> JobEntry | None:
+        with self._lock:
+            return self._entries.get(job_id)
+
+    def add(self, job_id: str, job: Job | None, state: str = "received", detail: str = "") -> JobEntry | None:
+        """Store a newly seen job; None if this job id is already known (a redelivery)."""
+        now = utc_now()
+        entry = JobEntry(job_id, state, now, now, job, detail)
+        with self._lock:
+            if job_id in self._entries:
+                return None
+            self._entries[job_id] = entry
+            self._write(entry)
+        return entry
+
+    def update(
+        self, job_id: str, state: str, detail: str = "", result_ids: tuple[str, ...] | None = None
+    ) -> JobEntry:
+        with self._lock:
+            entry = self._entries[job_id]
+            entry = replace(
+                entry,
+                state=state,
+                detail=detail,
+                updated_at=utc_now(),
+                result_ids=entry.result_ids if result_ids is None else result_ids,
+            )
+            self._entries[job_id] = entry
+            self._write(entry)
+        return entry
+
+    def next_queued(self) -> JobEntry | None:
+        """The oldest job waiting to run."""
+        with self._lock:
+            queued = [e for e in self._entries.values() if e.state == "received" and e.job is not None]
+        return min(queued, key=lambda e: (e.received_at, e.job_id), default=None)
+
+    def entries(self) -> list[JobEntry]:
+        with self._lock:
+            return sorted(self._entries.values(), key=lambda e: (e.received_at, e.job_id))
+
+    def recover(self) -> list[JobEntry]:
+        """After a restart: re-queue interrupted fetches, mark interrupted runs aborted. Returns changes."""
+        changed = []
+        for entry in self.entries():
+            if entry.state in ("fetching", "verifying"):
+                changed.append(self.update(entry.job_id, "received", "agent restarted; fetching again"))
+            elif entry.state == "running":
+                changed.append(
+                    self.update(entry.job_id, "aborted", "agent stopped while the job was running", None)
+                )
+        return changed
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for entry in self.entries():
+            out[entry.state] = out.get(entry.state, 0) + 1
+        return out
