@@ -142,7 +142,9 @@ def load_dataset(
         raise ConvertError(f"cannot read {path.name}: {exc}") from None
     if labels is not None:
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ConvertError(f"{path.name}: labels must be a 1-D integer array, got {labels.dtype}{labels.shape}")
+            raise ConvertError(
+                f"{path.name}: labels must be a 1-D integer array, got {labels.dtype}{labels.shape}"
+            )
         labels = labels.astype(np.int64)
     return check_fits(Dataset(path.name, inputs, labels), specs)
 
@@ -167,7 +169,7 @@ def check_fits(data: Dataset, specs: list[InputSpec]) -> Dataset:
                 f"{data.name}: input {spec.name!r} has shape {list(arr.shape)}, the model wants "
                 f"{list(spec.shape)} (rank {arr.ndim} vs {len(spec.shape)}; batch first)"
             )
-        for i, (got, dim) in enumerate(zip(arr.shape, spec.shape)):
+        for i, (got, dim) in enumerate(zip(arr.shape, spec.shape, strict=False)):
             if i > 0 and isinstance(dim, int) and dim > 0 and got != dim:
                 raise ConvertError(
                     f"{data.name}: input {spec.name!r} has shape {list(arr.shape)}, the model wants "
@@ -195,9 +197,16 @@ def _dim(d):
 
 
 def _ort_dtype(t: str) -> str:
-    table = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
-             "tensor(bool)": "bool"}
+    table = {
+        "tensor(float)": "float32",
+        "tensor(float16)": "float16",
+        "tensor(double)": "float64",
+        "tensor(int64)": "int64",
+        "tensor(int32)": "int32",
+        "tensor(uint8)": "uint8",
+        "tensor(int8)": "int8",
+        "tensor(bool)": "bool",
+    }
     return table.get(t, "float32")
 
 
@@ -212,4 +221,6 @@ def ort_session(model_path: str | Path, threads: int = 0):
         return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConvertError(f"{Path(model_path).name}: not a model onnxruntime can load ({first[:300]})") from None
+        raise ConvertError(
+            f"{Path(model_path).name}: not a model onnxruntime can load ({first[:300]})"
+        ) from None

@@ -95,7 +95,7 @@ def tflite_runner(path: Path, input_names: list[str]) -> tuple[Runner, bool]:
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         args = {}
-        for tname, oname in zip(tfl_inputs, input_names):
+        for tname, oname in zip(tfl_inputs, input_names, strict=False):
             x = feed[oname]
             det = in_details[tname]
             if det["dtype"] in (np.int8, np.uint8):
@@ -151,7 +151,7 @@ def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | No
 def accuracy_drop(fid: Fidelity) -> float:
     """Points lost against the reference: from labels when present, else from top-1 disagreement."""
     if fid.accuracy_delta is not None:
-        return -fid.accuracy_delta
+        return 0.0 - fid.accuracy_delta + 0.0
     if fid.top1_agreement is not None:
         return 100.0 - fid.top1_agreement
     return 0.0 if (fid.cosine or 0) > 0.999 else 100.0

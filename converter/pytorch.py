@@ -20,11 +20,17 @@ from converter.errors import ConvertError
 def is_factory_spec(text: str) -> bool:
     """``pkg.mod:factory`` (and not an existing file path)."""
     mod, sep, attr = text.partition(":")
-    return bool(sep) and bool(attr) and not Path(text).exists() and "/" not in mod and mod.replace(".", "").replace("_", "").isalnum()
+    return (
+        bool(sep)
+        and bool(attr)
+        and not Path(text).exists()
+        and "/" not in mod
+        and mod.replace(".", "").replace("_", "").isalnum()
+    )
 
 
 def load_factory(spec: str, state_dict: str | Path | None = None) -> Any:
-    """Import ``package.module:factory``, call it, load the optional state_dict, return the module in eval mode."""
+    """Import ``package.module:factory``, call it, load the optional state_dict; the module in eval mode."""
     import torch
 
     mod_name, _, attr = spec.partition(":")
@@ -48,11 +54,15 @@ def load_factory(spec: str, state_dict: str | Path | None = None) -> Any:
             sd = torch.load(str(state_dict), map_location="cpu", weights_only=True)
             model.load_state_dict(sd)
         except Exception as exc:
-            raise ConvertError(f"cannot load state_dict {state_dict}: {str(exc).splitlines()[0][:200]}") from None
+            raise ConvertError(
+                f"cannot load state_dict {state_dict}: {str(exc).splitlines()[0][:200]}"
+            ) from None
     return model.eval()
 
 
-def export_onnx(model: Any, sample: np.ndarray, path: Path, *, check: bool = True, atol: float = 1e-3) -> Path:
+def export_onnx(
+    model: Any, sample: np.ndarray, path: Path, *, check: bool = True, atol: float = 1e-3
+) -> Path:
     """Export ``model`` (one input) to a single-file ONNX with a dynamic batch axis; verify the outputs."""
     import torch
 
@@ -75,7 +85,9 @@ def export_onnx(model: Any, sample: np.ndarray, path: Path, *, check: bool = Tru
             )
         prog.save(str(path), external_data=False)
     except Exception as exc:
-        raise ConvertError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+        raise ConvertError(
+            f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from None
     if check:
         from converter.data import ort_session
 

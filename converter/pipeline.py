@@ -1,0 +1,323 @@
+"""Run a recipe: load the source, the data, every pass, check every artifact, write manifest.json.
+
+A recipe is a list of steps ``{"pass": <registered name>, "params": {...}, "name": <artifact name>,
+"from": <earlier step name>}`` (only "pass" is required; "from" chains a step onto the model a pruning or
+distillation step produced). Built in: ``default`` and ``all``; or a JSON file holding such a list (or
+``{"steps": [...]}``). A failing step is recorded (status "failed", its reason) and the others continue.
+
+"recommended" = the fastest artifact (host latency) whose accuracy drop fits the budget, across ONNX and
+TFLite, and never one slower than the fp32 reference (which is itself a candidate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter import passes
+from converter.data import Dataset, load_dataset, onnx_input_specs
+from converter.errors import ConvertError
+from converter.evaluate import accuracy_drop, file_sha256, measure, reference_outputs
+from converter.manifest import (
+    Fidelity,
+    Manifest,
+    ManifestArtifact,
+    PassRecord,
+    SourceInfo,
+    ValidationInfo,
+    utc_now,
+    write_manifest,
+)
+
+DEFAULT_RECIPE: list[dict[str, Any]] = [
+    {"pass": "optimize"},
+    {"pass": "fp16"},
+    {"pass": "int8_dynamic"},
+    {"pass": "int8_static"},
+    {"pass": "tflite_fp32"},
+    {"pass": "tflite_fp16"},
+    {"pass": "tflite_int8_dynamic"},
+    {"pass": "tflite_int8"},
+]
+ALL_RECIPE: list[dict[str, Any]] = [
+    *DEFAULT_RECIPE,
+    {"pass": "int8_static", "name": "int8_static-entropy", "params": {"calibration": "Entropy"}},
+    {"pass": "tflite_int8", "name": "tflite_int8-pt2e", "params": {"method": "pt2e"}},
+    {"pass": "prune_magnitude"},
+    {"pass": "prune_channels"},
+    {"pass": "distill"},
+    {"pass": "int8_static", "name": "distill-int8_static", "from": "distill"},
+    {"pass": "tflite_int8", "name": "distill-tflite_int8", "from": "distill"},
+]
+RECIPES = {"default": DEFAULT_RECIPE, "all": ALL_RECIPE}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    pass_name: str
+    params: Any
+    source: str | None = None  # "from"
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    manifest_path: Path
+    manifest: Manifest
+    reference: ManifestArtifact
+    memory_mb: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def load_recipe(recipe: str | Path) -> list[Step]:
+    if str(recipe) in RECIPES:
+        raw: Any = RECIPES[str(recipe)]
+    else:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConvertError(f"recipe {recipe!r} is neither {'/'.join(RECIPES)} nor a file")
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConvertError(f"recipe {path}: not valid JSON ({exc})") from None
+        if isinstance(raw, dict):
+            raw = raw.get("steps")
+    if not isinstance(raw, list) or not raw:
+        raise ConvertError("a recipe is a non-empty list of steps")
+    steps: list[Step] = []
+    names: set[str] = set()
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            entry = {"pass": entry}
+        if not isinstance(entry, dict) or "pass" not in entry:
+            raise ConvertError(f"recipe step {i}: expected an object with a 'pass' key")
+        name = str(entry.get("name") or entry["pass"])
+        if name in names or name == "fp32":
+            raise ConvertError(f"recipe step {i}: duplicate step name {name!r}")
+        src = entry.get("from")
+        if src is not None and src not in names:
+            raise ConvertError(f"recipe step {name!r}: 'from' names {src!r}, which is not an earlier step")
+        steps.append(Step(name, entry["pass"], passes.make_params(entry["pass"], entry.get("params")), src))
+        names.add(name)
+    return steps
+
+
+def _load_source(
+    model: str, state_dict: str | None, val_path: str | Path, work: Path, log
+) -> tuple[passes.Model, str, str]:
+    """-> (base model, source format, display name)."""
+    from converter.pytorch import is_factory_spec
+
+    if is_factory_spec(model):
+        from converter.pytorch import export_onnx, load_factory
+
+        with silenced(work / "export.log"):
+            module = load_factory(model, state_dict)
+        # the sample for the export: validation data, read without a model to check it against
+        arr = _raw_first_input(Path(val_path))
+        onnx_path = work / "source.onnx"
+        log(f"exporting {model} to ONNX (dynamic batch) and checking it against PyTorch")
+        with silenced(work / "export.log"):
+            export_onnx(module, arr[:8], onnx_path)
+        return passes.Model(onnx_path, module), "pytorch", model.rpartition(":")[2]
+    path = Path(model)
+    if not path.is_file():
+        raise ConvertError(f"model not found: {model} (an .onnx file or package.module:factory)")
+    onnx_input_specs(path)  # validates that onnxruntime can load it
+    return passes.Model(path), "onnx", path.stem
+
+
+def _raw_first_input(path: Path) -> np.ndarray:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                key = next(
+                    (k for k in ("x", "inputs", "input", "data", "images") if k in npz.files), npz.files[0]
+                )
+                return npz[key].astype(np.float32)
+    except (OSError, ValueError, IndexError) as exc:
+        raise ConvertError(f"cannot read {path}: {exc}") from None
+    raise ConvertError("a PyTorch source needs .npy/.npz validation data (its shape gives the export sample)")
+
+
+def convert(
+    model: str,
+    *,
+    calib: str | Path,
+    val: str | Path,
+    out_dir: str | Path,
+    recipe: str | Path = "default",
+    max_accuracy_drop: float = 1.0,
+    state_dict: str | None = None,
+    max_val: int = 1000,
+    latency_budget_s: float = 0.5,
+    log: Callable[[str], None] = print,
+) -> ConvertResult:
+    steps = load_recipe(recipe)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".work"
+    work.mkdir(exist_ok=True)
+    base, src_format, display = _load_source(model, state_dict, val, work, log)
+    specs = onnx_input_specs(base.onnx)
+    calib_data = load_dataset(calib, specs)
+    val_data: Dataset = load_dataset(val, specs).take(max_val)
+    ref_path = out / "fp32.onnx"
+    shutil.copyfile(base.onnx, ref_path)
+    base = passes.Model(ref_path, base.torch, "fp32")
+    ref_out = reference_outputs(ref_path, val_data)
+
+    def drop_of(path: Path) -> float:
+        m, _ = measure(path, ref_out, val_data, latency_budget_s=0)
+        return accuracy_drop(m.fidelity)
+
+    ctx = passes.Context(base, calib_data, val_data, out, work, max_accuracy_drop, ref_out, log, drop_of)
+    artifacts: list[ManifestArtifact] = []
+    memory: dict[str, float | None] = {}
+    notes: dict[str, tuple[str, ...]] = {}
+
+    def record(
+        name: str, path: Path, fmt: str, precision: str, pass_records: tuple[PassRecord, ...]
+    ) -> ManifestArtifact:
+        with silenced(work / "measure.log"):
+            m, _ = measure(path, ref_out, val_data, latency_budget_s=latency_budget_s)
+        memory[name] = m.memory_mb
+        art = ManifestArtifact(
+            name=name,
+            file=path.name,
+            sha256=m.sha256,
+            size_bytes=m.size_bytes,
+            gzip_bytes=m.gzip_bytes,
+            format=fmt,
+            precision=precision,
+            variant=name,
+            model=display,
+            passes=pass_records,
+            fidelity=m.fidelity,
+            host_latency_ms=m.latency_ms,
+        )
+        artifacts.append(art)
+        return art
+
+    log("[fp32] reference")
+    reference = record("fp32", ref_path, "onnx", "fp32", ())
+    bases: dict[str, passes.Model] = {}
+    chains: dict[str, tuple[PassRecord, ...]] = {}
+    for i, step in enumerate(steps, 1):
+        t0 = time.perf_counter()
+        log(f"[{i}/{len(steps)}] {step.name} ({step.pass_name})")
+        start = bases[step.source] if step.source else base
+        prior = chains.get(step.source, ()) if step.source else ()
+        pass_records = (*prior, PassRecord(step.pass_name, passes.params_dict(step.params)))
+        try:
+            if step.source and step.source not in bases:
+                raise ConvertError(f"step {step.source!r} produced no model to continue from")
+            spec = passes.get(step.pass_name)
+            buffered: list[str] = []
+            ctx.log = buffered.append
+            try:
+                with silenced(work / "passes.log"):
+                    output = spec.run(ctx, start, step.params, step.name)
+            finally:
+                ctx.log = log
+                for line in buffered:
+                    log(line)
+            if output.model is not None:
+                output.model.label = step.name
+                bases[step.name] = output.model
+                chains[step.name] = pass_records
+            notes[step.name] = output.notes
+            art = record(step.name, output.path, output.format, output.precision, pass_records)
+            for note in output.notes:
+                log(f"    {note}")
+            log(
+                f"    ok in {time.perf_counter() - t0:.1f}s: {art.size_bytes / 1e6:.2f} MB, "
+                f"{art.host_latency_ms:.3f} ms, drop {accuracy_drop(art.fidelity):.2f} pt"
+            )
+        except Exception as exc:  # a failing pass is reported and the others continue
+            reason = str(exc) if isinstance(exc, ConvertError) else f"{type(exc).__name__}: {exc}"
+            reason = (reason.strip().splitlines() or ["failed"])[0][:400]
+            log(f"    FAILED: {reason}")
+            artifacts.append(
+                ManifestArtifact(
+                    name=step.name,
+                    file="",
+                    sha256="",
+                    size_bytes=0,
+                    gzip_bytes=0,
+                    format="tflite" if step.pass_name.startswith("tflite") else "onnx",
+                    precision="",
+                    variant=step.name,
+                    model=display,
+                    passes=pass_records,
+                    fidelity=Fidelity(),
+                    status="failed",
+                    error=reason,
+                )
+            )
+    manifest = Manifest(
+        created_at=utc_now(),
+        source=SourceInfo(
+            name=display,
+            path=str(model),
+            sha256=file_sha256(Path(model)) if src_format == "onnx" else reference.sha256,
+            format=src_format,
+        ),
+        validation=ValidationInfo(
+            dataset=val_data.name, n=val_data.n, has_labels=val_data.labels is not None
+        ),
+        max_accuracy_drop=max_accuracy_drop,
+        artifacts=tuple(artifacts),
+        recommended=recommend(artifacts, max_accuracy_drop),
+    )
+    path = write_manifest(manifest, out / "manifest.json")
+    shutil.rmtree(work, ignore_errors=True)
+    return ConvertResult(path, manifest, reference, memory, notes)
+
+
+@contextlib.contextmanager
+def silenced(log_file: Path):
+    """Send file descriptors 1 and 2 (the converters' own chatter, C++ logs included) to ``log_file``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_file, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def recommend(artifacts: list[ManifestArtifact], budget: float) -> str | None:
+    ok = [a for a in artifacts if a.status == "ok" and a.host_latency_ms is not None]
+    ref = next((a for a in ok if a.name == "fp32"), None)
+    limit = ref.host_latency_ms if ref else float("inf")
+    fits = [a for a in ok if accuracy_drop(a.fidelity) <= budget and a.host_latency_ms <= limit]  # type: ignore[operator]
+    if not fits:
+        return ref.name if ref else None
+    return min(fits, key=lambda a: a.host_latency_ms).name  # type: ignore[arg-type,return-value]
+
+
+__all__ = ["ConvertResult", "convert", "load_recipe", "recommend", "replace"]
