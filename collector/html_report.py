@@ -19,6 +19,7 @@ from collector.report_stats import box_stats
 from collector.reports import MatrixRow, Report
 
 MAX_DEVICES_PLOTTED = 12
+_MPL = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
 BASE, SHIP, OTHER = "#9aa5b1", "#2e9d5b", "#3b6fb6"
 
 CSS = """
@@ -105,7 +106,8 @@ def distributions(report: Report, device: str, rows: list[MatrixRow]) -> str:
     if not stats:
         return ""
     fig, ax = plt.subplots(figsize=(7, 0.42 * len(stats) + 1.3))
-    parts = ax.bxp(stats, vert=False, showfliers=False, patch_artist=True, widths=0.6)
+    orient = {"orientation": "horizontal"} if _MPL >= (3, 10) else {"vert": False}
+    parts = ax.bxp(stats, showfliers=False, patch_artist=True, widths=0.6, **orient)
     for patch, r in zip(parts["boxes"], rows, strict=False):
         patch.set_facecolor(_color(r))
         patch.set_alpha(0.75)
