@@ -161,6 +161,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE IF NOT EXISTS report_meta (key TEXT PRIMARY KEY, value)",
         ),
     ),
+    Migration(
+        3,
+        "job event redeliveries absorbed; collector health snapshot",
+        (
+            "CREATE UNIQUE INDEX IF NOT EXISTS idx_job_events_unique "
+            "ON job_events(job_id, device_id, state, at)",
+            """CREATE TABLE IF NOT EXISTS collector_health (
+  client_id TEXT PRIMARY KEY,
+  pid INTEGER, started_at TEXT, updated_at TEXT, connected INTEGER,
+  received INTEGER, committed INTEGER, results_inserted INTEGER, results_duplicate INTEGER,
+  dead_letters INTEGER, queue_depth INTEGER, rate_per_s REAL, lag_s REAL, chunks_served INTEGER
+)""",
+        ),
+    ),
 )
 
 

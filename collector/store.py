@@ -266,7 +266,8 @@ def upsert_device(db: sqlite_utils.Database, status: DeviceStatus) -> None:
 # ---------------------------------------------------------------- jobs, events, artifacts
 
 JOB_EVENT_SQL = (
-    "INSERT INTO job_events (job_id, device_id, state, at, detail, result_ids, progress, received_at) "
+    "INSERT OR IGNORE INTO job_events "
+    "(job_id, device_id, state, at, detail, result_ids, progress, received_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -290,8 +291,9 @@ def insert_job_events(
     at = received_at or utc_now()
     rows = [job_event_row(e, at) for e in events]
     with db.atomic():
+        before = db.conn.total_changes
         db.conn.executemany(JOB_EVENT_SQL, rows)
-    return len(rows)
+        return db.conn.total_changes - before
 
 
 def record_job(db: sqlite_utils.Database, job: Job, state: str = "published") -> None:

@@ -1,0 +1,141 @@
+"""Collector configuration: /etc/edgebench/collector.toml, then environment, then flags.
+
+```toml
+db = "/var/lib/edgebench-collector/edgebench.db"
+client_id = "edgebench-collector"
+signing_key = "/etc/edgebench/keys/collector.key"
+[broker]
+host = "localhost"  port = 1883  mqtt_version = 5  keepalive = 30
+tls = false  ca_file = ""  cert_file = ""  key_file = ""  username = ""  password = ""  password_file = ""
+```
+Environment: EDGEBENCH_COLLECTOR_DB, EDGEBENCH_COLLECTOR_CLIENT_ID, EDGEBENCH_SIGNING_KEY,
+EDGEBENCH_BROKER_HOST, EDGEBENCH_BROKER_PORT, EDGEBENCH_BROKER_USERNAME, EDGEBENCH_BROKER_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/edgebench/collector.toml")
+
+
+class ConfigError(ValueError):
+    """The configuration file or a setting is invalid."""
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = "localhost"
+    port: int = 1883
+    mqtt_version: int = 5  # 5, or 3 for MQTT 3.1.1 (e.g. an embedded broker)
+    keepalive: int = 30
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+
+    def resolved_password(self) -> str:
+        if self.password or not self.password_file:
+            return self.password
+        try:
+            return Path(self.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read password_file {self.password_file}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    db: str = "/var/lib/edgebench-collector/edgebench.db"
+    client_id: str = "edgebench-collector"
+    signing_key: str = "/etc/edgebench/keys/collector.key"
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    session_expiry_s: int = 7 * 24 * 3600
+    max_payload_bytes: int = 1024 * 1024
+    batch_max: int = 1000
+    serve_chunks: bool = True
+
+
+def _typed(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name: f for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        default = getattr(cls(), key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    broker_overrides: Mapping[str, Any] | None = None,
+) -> CollectorConfig:
+    """File (``path``, or the default path if it exists) < environment < overrides (None values skipped)."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    file = Path(path) if path else (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    broker_data = data.pop("broker", {})
+    if not isinstance(broker_data, dict):
+        raise ConfigError("[broker] must be a table")
+    top = _typed(CollectorConfig, data, str(file or "config"))
+    broker = _typed(BrokerSettings, broker_data, f"{file or 'config'} [broker]")
+
+    for var, key in (
+        ("EDGEBENCH_COLLECTOR_DB", "db"),
+        ("EDGEBENCH_COLLECTOR_CLIENT_ID", "client_id"),
+        ("EDGEBENCH_SIGNING_KEY", "signing_key"),
+    ):
+        if env.get(var):
+            top[key] = env[var]
+    for var, key in (
+        ("EDGEBENCH_BROKER_HOST", "host"),
+        ("EDGEBENCH_BROKER_PORT", "port"),
+        ("EDGEBENCH_BROKER_USERNAME", "username"),
+        ("EDGEBENCH_BROKER_PASSWORD", "password"),
+    ):
+        if env.get(var):
+            value: Any = env[var]
+            if key == "port":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise ConfigError(f"{var} must be an integer, got {value!r}") from None
+            broker[key] = value
+    top.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    broker.update({k: v for k, v in (broker_overrides or {}).items() if v is not None})
+    if broker.get("mqtt_version", 5) not in (3, 5):
+        raise ConfigError(f"broker.mqtt_version must be 5 or 3, got {broker['mqtt_version']!r}")
+    return replace(CollectorConfig(**top), broker=BrokerSettings(**broker))

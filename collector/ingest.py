@@ -1,0 +1,492 @@
+"""MQTT ingest: every device's results, status and job events into SQLite, once each.
+
+paho's network thread only puts ``(topic, payload, mid, qos)`` on a bounded queue. One writer
+thread takes everything queued (up to ``batch_max``), parses and validates it, writes it in ONE
+transaction (``INSERT ... ON CONFLICT DO NOTHING`` for results, upserts for devices, ``OR IGNORE``
+for events, rows for dead letters), commits, and only then acknowledges each message with
+``client.ack(mid, qos)`` (``manual_ack=True``). A collector killed at any point therefore loses
+nothing: the broker redelivers the unacknowledged messages to the persistent session (MQTT v5
+Session Expiry Interval, or ``clean_session=False`` in 3.1.1 mode) and the primary keys absorb
+the ones that were already committed. Bad input never stops the service: it becomes a dead letter
+(acknowledged, counted, kept with a bounded excerpt).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import topics
+from agent.codec import SchemaError
+from agent.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord, utc_now
+from collector.config import BrokerSettings, CollectorConfig
+from collector.fastcodec import decode_json
+from collector.store import (
+    DEAD_LETTER_SQL,
+    DEVICE_UPSERT_SQL,
+    JOB_EVENT_SQL,
+    dead_letter_row,
+    device_params,
+    insert_result_rows,
+    job_event_row,
+    open_db,
+    result_row,
+)
+
+log = logging.getLogger("edgebench.collector")
+
+SUBSCRIPTIONS = (topics.ALL_RESULTS, topics.ALL_STATUS, topics.ALL_EVENTS)
+CHUNK_SHARE = "$share/edgebench-chunks/"  # collector and `fleet push` share chunk requests
+
+
+class IngestError(RuntimeError):
+    """The collector cannot start (database, broker settings)."""
+
+
+# ---------------------------------------------------------------- parsing (pure)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    kind: str  # "result" | "status" | "event" | "chunk_request" | "dead"
+    message: Any = None
+    text: str = ""  # results: the validated JSON as received
+    reason: str = ""  # dead letters: "<class>: <detail>"
+
+
+DEAD_CLASSES = (
+    "oversize",
+    "bad-json",
+    "unknown-schema-version",
+    "missing-field",
+    "invalid-field",
+    "topic-mismatch",
+    "unknown-topic",
+    "store-error",
+)
+
+
+def schema_error_class(exc: SchemaError) -> str:
+    text = str(exc)
+    if text.startswith("not valid JSON") or "must be a JSON object" in text:
+        return "bad-json"
+    if exc.field == "schema_version" and "unsupported schema version" in text:
+        return "unknown-schema-version"
+    if "missing required field" in text:
+        return "missing-field"
+    return "invalid-field"
+
+
+_LEAVES: dict[str, type] = {
+    "results": ResultRecord,
+    "status": DeviceStatus,
+    "events": JobEvent,
+    "chunks/request": ChunkRequest,
+}
+_KINDS = {"results": "result", "status": "status", "events": "event", "chunks/request": "chunk_request"}
+
+
+def parse(topic: str, payload: bytes, max_bytes: int) -> Parsed:
+    """Validate one message against the wire format and its topic. Never raises."""
+    if len(payload) > max_bytes:
+        return Parsed("dead", reason=f"oversize: {len(payload)} bytes > limit {max_bytes}")
+    try:
+        device_id, leaf = topics.parse_device_topic(topic.removeprefix(CHUNK_SHARE))
+    except topics.TopicError as exc:
+        return Parsed("dead", reason=f"unknown-topic: {exc}")
+    cls = _LEAVES.get(leaf)
+    if cls is None:
+        return Parsed("dead", reason=f"unknown-topic: no handler for leaf {leaf!r}")
+    if leaf == "status" and not payload:
+        return Parsed("dead", reason="bad-json: empty payload (a cleared retained status)")
+    try:
+        message = decode_json(cls, payload)
+    except SchemaError as exc:
+        return Parsed("dead", reason=f"{schema_error_class(exc)}: {exc}")
+    claimed = message.device.device_id if isinstance(message, ResultRecord) else message.device_id
+    if claimed != device_id:
+        return Parsed(
+            "dead", reason=f"topic-mismatch: topic device {device_id!r}, message device {claimed!r}"
+        )
+    text = payload.decode() if isinstance(message, ResultRecord) else ""
+    return Parsed(_KINDS[leaf], message, text)
+
+
+# ---------------------------------------------------------------- client settings
+
+
+def make_client(
+    broker: BrokerSettings, client_id: str, *, persistent: bool = True, manual_ack: bool = True
+) -> mqtt.Client:
+    """A paho client with every setting in one place (v5 or 3.1.1, TLS, auth)."""
+    if broker.mqtt_version == 5:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=manual_ack,
+        )
+    else:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=not persistent,
+            manual_ack=manual_ack,
+        )
+    if broker.tls:
+        client.tls_set(
+            ca_certs=broker.ca_file or None,
+            certfile=broker.cert_file or None,
+            keyfile=broker.key_file or None,
+        )
+    if broker.username:
+        client.username_pw_set(broker.username, broker.resolved_password() or None)
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(1000)
+    client.reconnect_delay_set(0.5, 30)
+    return client
+
+
+def connect_kwargs(broker: BrokerSettings, *, persistent: bool, session_expiry_s: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"host": broker.host, "port": broker.port, "keepalive": broker.keepalive}
+    if broker.mqtt_version == 5:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_expiry_s if persistent else 0
+        kwargs["clean_start"] = not persistent
+        kwargs["properties"] = props
+    return kwargs
+
+
+# ---------------------------------------------------------------- the service
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    committed: int = 0
+    results_inserted: int = 0
+    results_duplicate: int = 0
+    statuses: int = 0
+    events: int = 0
+    chunk_requests: int = 0
+    batches: int = 0
+    connected: bool = False
+    lag_s: float = 0.0
+    rate_per_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.dead = Counter()
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(self.dead.values())
+
+
+class Ingestor:
+    """Subscribe, write, acknowledge. ``start()`` returns at once; ``stop()`` drains and disconnects."""
+
+    def __init__(
+        self,
+        config: CollectorConfig,
+        *,
+        on_chunk_request: Callable[[ChunkRequest], None] | None = None,
+        client_factory: Callable[..., mqtt.Client] = make_client,
+        queue_max: int = 50000,
+        shared_group: str | None = None,
+        control: bool = True,
+        health_every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.on_chunk_request = on_chunk_request
+        self.shared_group = shared_group  # results arrive on $share/<group>/... (several workers)
+        self.control = control  # status, events and chunk requests (one worker only)
+        self.stats = IngestStats()
+        self._queue: queue.Queue[tuple[str, bytes, int, int, float]] = queue.Queue(maxsize=queue_max)
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._clock = clock
+        self._health_every_s = health_every_s
+        self._rate_window: deque[tuple[float, int]] = deque()
+        self._started_at = utc_now()
+        self._writer_error: BaseException | None = None
+        self.client = client_factory(config.broker, config.client_id, persistent=True, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        try:
+            self.db = open_db(config.db)
+            self.db.conn.execute("PRAGMA cache_size = -32768")
+        except Exception as exc:
+            raise IngestError(str(exc)) from None
+        self.conn: sqlite3.Connection = self.db.conn
+
+    # -- network thread
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        share = f"$share/{self.shared_group}/" if self.shared_group else ""
+        subs = [(share + topics.ALL_RESULTS, 1)]
+        if self.control:
+            subs += [(topics.ALL_STATUS, 1), (topics.ALL_EVENTS, 1)]
+        if self.control and self.on_chunk_request is not None:
+            shared = self.config.broker.mqtt_version == 5
+            subs.append(((CHUNK_SHARE if shared else "") + topics.ALL_CHUNK_REQUESTS, 1))
+        return subs
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        self.stats.connected = True
+        log.info("connected (session present: %s)", getattr(flags, "session_present", None))
+        client.subscribe(self._subscriptions())
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
+    ) -> None:
+        self.stats.connected = False
+        if not self._stop.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.stats.received += 1
+        self._queue.put((msg.topic, msg.payload, msg.mid, msg.qos, self._clock()))
+
+    # -- writer thread
+    def _take_batch(self) -> list[tuple[str, bytes, int, int, float]]:
+        try:
+            first = self._queue.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        limit = self.config.batch_max
+        while len(batch) < limit:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(
+        self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes], at: str
+    ) -> tuple[int, int]:
+        conn = self.conn
+        results = [result_row(p.message, at, p.text) for p in parsed if p.kind == "result"]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = insert_result_rows(conn, results)
+            for p in parsed:
+                if p.kind == "status":
+                    conn.execute(DEVICE_UPSERT_SQL, device_params(p.message))
+            events = [job_event_row(p.message, at) for p in parsed if p.kind == "event"]
+            if events:
+                conn.executemany(JOB_EVENT_SQL, events)
+            dead = [
+                dead_letter_row(t, p.reason, payload, at)
+                for p, t, payload in zip(parsed, topics_, payloads, strict=True)
+                if p.kind == "dead"
+            ]
+            if dead:
+                conn.executemany(DEAD_LETTER_SQL, dead)
+            self._maybe_write_health(conn, at)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return inserted, len(results) - inserted
+
+    def _write_one_by_one(
+        self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes], at: str
+    ) -> None:
+        """After a non-transient store error: isolate the culprit, dead-letter it, keep the rest."""
+        for i, p in enumerate(parsed):
+            try:
+                self._write([p], [topics_[i]], [payloads[i]], at)
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.Error as exc:
+                parsed[i] = Parsed("dead", reason=f"store-error: {exc}")
+                self._write([parsed[i]], [topics_[i]], [payloads[i]], at)
+
+    def _process(self, batch: list[tuple[str, bytes, int, int, float]]) -> None:
+        topics_ = [b[0] for b in batch]
+        payloads = [b[1] for b in batch]
+        parsed = [parse(t, p, self.config.max_payload_bytes) for t, p in zip(topics_, payloads, strict=True)]
+        at = utc_now()
+        delay = 0.05
+        while True:
+            try:
+                inserted, duplicate = self._write(parsed, topics_, payloads, at)
+                break
+            except sqlite3.OperationalError as exc:  # locked, I/O: transient; never ack, retry
+                log.warning("database write failed (%s); retrying in %.1fs", exc, delay)
+                if self._stop.wait(delay) and delay > 5:
+                    raise
+                delay = min(delay * 2, 10.0)
+            except sqlite3.Error as exc:
+                log.error("batch write failed (%s); writing one by one", exc)
+                self._write_one_by_one(parsed, topics_, payloads, at)
+                n = sum(1 for p in parsed if p.kind == "result")
+                inserted, duplicate = n, 0
+                break
+        # Committed: now, and only now, acknowledge.
+        for _topic, _payload, mid, qos, _t in batch:
+            if qos:
+                self.client.ack(mid, qos)
+        s = self.stats
+        s.committed += len(batch)
+        s.batches += 1
+        s.results_inserted += inserted
+        s.results_duplicate += duplicate
+        for i, p in enumerate(parsed):
+            if p.kind == "status":
+                s.statuses += 1
+            elif p.kind == "event":
+                s.events += 1
+            elif p.kind == "chunk_request":
+                s.chunk_requests += 1
+            elif p.kind == "dead":
+                s.dead[p.reason.partition(":")[0]] += 1
+                log.warning("dead letter on %s: %s", topics_[i], p.reason)
+        now = self._clock()
+        s.lag_s = now - min(b[4] for b in batch)
+        self._rate_window.append((now, s.committed))
+        if self.on_chunk_request is not None:
+            for p in parsed:
+                if p.kind == "chunk_request":
+                    try:
+                        self.on_chunk_request(p.message)
+                    except Exception:  # the chunk server must never stop ingest
+                        log.exception("chunk request from %s failed", p.message.device_id)
+
+    _last_health = 0.0
+
+    def _maybe_write_health(self, conn: sqlite3.Connection, at: str, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._last_health < self._health_every_s:
+            return
+        self._last_health = now
+        s = self.stats
+        window = self._rate_window
+        while len(window) > 2 and window[1][0] < now - 10.0:  # the last ~10 s
+            window.popleft()
+        if len(window) >= 2:
+            (t0, c0), (t1, c1) = self._rate_window[0], self._rate_window[-1]
+            s.rate_per_s = (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+        conn.execute(
+            "INSERT OR REPLACE INTO collector_health (client_id, pid, started_at, updated_at, connected, "
+            "received, committed, results_inserted, results_duplicate, dead_letters, queue_depth, "
+            "rate_per_s, lag_s, chunks_served) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.config.client_id,
+                os.getpid(),
+                self._started_at,
+                at,
+                int(s.connected),
+                s.received,
+                s.committed,
+                s.results_inserted,
+                s.results_duplicate,
+                s.dead_letters,
+                self._queue.qsize(),
+                s.rate_per_s,
+                s.lag_s,
+                getattr(getattr(self, "chunk_counter", None), "chunks_served", 0),
+            ),
+        )
+
+    def _write_health_now(self) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._maybe_write_health(self.conn, utc_now(), force=True)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            log.warning("health snapshot not written: %s", exc)
+
+    def _writer_loop(self) -> None:
+        try:
+            while not (self._stop.is_set() and self._queue.empty()):
+                batch = self._take_batch()
+                if batch:
+                    self._process(batch)
+                elif self._clock() - self._last_health >= self._health_every_s:
+                    self._rate_window.append((self._clock(), self.stats.committed))
+                    self.stats.lag_s = 0.0
+                    self._write_health_now()
+        except BaseException as exc:  # pragma: no cover - logged, surfaced by wait()
+            self._writer_error = exc
+            log.exception("writer stopped")
+            self._stop.set()
+
+    # -- lifecycle
+    @staticmethod
+    def check_db(path: str) -> None:
+        """Open (create, migrate) the database once; IngestError with the reason if it cannot be used."""
+        try:
+            open_db(path).close()
+        except Exception as exc:
+            raise IngestError(str(exc)) from None
+
+    def start(self) -> Ingestor:
+        self._writer = threading.Thread(target=self._writer_loop, name="collector-writer", daemon=True)
+        self._writer.start()
+        kwargs = connect_kwargs(
+            self.config.broker, persistent=True, session_expiry_s=self.config.session_expiry_s
+        )
+        self.client.connect_async(**kwargs)
+        self.client.loop_start()
+        return self
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stats.connected:
+            time.sleep(0.02)
+        return self.stats.connected
+
+    def run(self, stop: threading.Event) -> None:
+        """Block until ``stop`` is set (or the writer fails), then stop cleanly."""
+        while not stop.wait(0.5):
+            if self._writer_error is not None:
+                break
+        self.stop()
+        if self._writer_error is not None:
+            raise IngestError(f"writer failed: {self._writer_error}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop receiving, commit and acknowledge what is queued, then disconnect."""
+        self.client.on_message = lambda *a: None  # anything arriving now is redelivered later
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(timeout=timeout_s)
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._maybe_write_health(self.conn, utc_now(), force=True)
+            self.conn.execute(
+                "UPDATE collector_health SET connected = 0 WHERE client_id = ?", (self.config.client_id,)
+            )
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            pass
+        # Let the network thread flush the PUBACKs before disconnecting.
+        time.sleep(0.2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.db.close()
