@@ -33,7 +33,7 @@ def _f(x: float | None, digits: int = 3) -> str:
 def _ms(x: float | None) -> str:
     if x is None:
         return "-"
-    return f"{x:.4f}" if x < 0.1 else f"{x:.3f}" if x < 10 else f"{x:.1f}"
+    return f"{x:.3g}" if x < 0.1 else f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -120,12 +120,24 @@ def format_model(records: list[ResultRecord]) -> str:
                 f"growth {_f(m.growth_mb, 2)} MB"
             )
         if b:
+            temp = (
+                f"temp {_f(b.temp_start_c, 1)}->{_f(b.temp_end_c, 1)} C "
+                f"(max {_f(b.temp_max_c, 1)}, {b.temp_method})"
+                if b.temp_start_c is not None
+                else "temp unavailable"
+            )
+            freq = (
+                f"freq {_f(b.freq_start_mhz, 0)}->{_f(b.freq_end_mhz, 0)} MHz (max {_f(b.freq_max_mhz, 0)}, "
+                f"{b.governor or '-'})"
+                if b.freq_start_mhz is not None
+                else "cpufreq unavailable"
+            )
+            throttled = (
+                "unavailable" if b.throttled_now is None else f"{b.throttled_now} (0x{b.throttled_bits:x})"
+            )
             notes.append(
-                f"board: temp {_f(b.temp_start_c, 1)}->{_f(b.temp_end_c, 1)} C (max {_f(b.temp_max_c, 1)}, "
-                f"{b.temp_method}); freq {_f(b.freq_start_mhz, 0)}->{_f(b.freq_end_mhz, 0)} MHz "
-                f"(max {_f(b.freq_max_mhz, 0)}, {b.governor or '-'}); throttled "
-                f"{'-' if b.throttled_now is None else b.throttled_now} ({b.throttle_method}); "
-                f"PSI cpu {_f(b.psi_cpu_some_avg10, 2)}; steal {_f(b.steal_pct, 2)}%"
+                f"board: {temp}; {freq}; throttled {throttled}; "
+                f"PSI cpu some avg10 {_f(b.psi_cpu_some_avg10, 2)}; steal {_f(b.steal_pct, 2)}%"
             )
         if e:
             energy = (
