@@ -55,7 +55,8 @@ def fill(path: Path, rows: int, devices: int = 20) -> float:
             conn.execute(
                 f"""WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < {step - 1})
                 INSERT INTO results SELECT
-                  lower(hex(randomblob(16))), device_id, model, artifact_name, artifact_sha256, variant, format,
+                  lower(hex(randomblob(16))), device_id, model, artifact_name, artifact_sha256, variant,
+                  format,
                   precision, size_bytes, runtime, runtime_version, threads, batch, status, error, n, mean_ms,
                   std_ms, cv, min_ms, p50_ms * (0.97 + (abs(random()) % 60) / 1000.0), p50_ci_low_ms,
                   p50_ci_high_ms, p90_ms, p99_ms, max_ms, throughput_ips, stable, load_ms, first_inference_ms,
@@ -94,7 +95,8 @@ def main() -> None:
     t0 = time.perf_counter()
     added = refresh_index(db.conn, progress=None)
     print(
-        f"report index: {added:,} rows indexed in {time.perf_counter() - t0:.1f} s (once; amortised at ingest)"
+        f"report index: {added:,} rows indexed in {time.perf_counter() - t0:.1f} s "
+        "(once; amortised at ingest)"
     )
     db.conn.close()
     for label in ("cold", "warm", "warm"):

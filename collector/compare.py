@@ -5,7 +5,8 @@ A side is a *selector* (all parameterised, never SQL):
 * ``job:ID[,ID...]``      the results of one or more jobs
 * ``ids:ID,ID,...``       these result ids; ``ids:@FILE`` reads them from a file (one per line)
 * ``FROM..TO``            results finished in a time range; either end may be empty, and each end is a
-                          date, a date-time or a relative age (``2024-05-01..2024-05-08``, ``14d..7d``, ``1d..``)
+                          date, a date-time or a relative age
+                          (``2024-05-01..2024-05-08``, ``14d..7d``, ``1d..``)
 * ``ID``                  a bare id: a job id when results carry it, else a result id
 
 Runs are matched on (device, model, variant, runtime, threads, batch). A difference is flagged as a
@@ -122,7 +123,8 @@ def _load(
             extra.append("model = ?")
             extra_params.append(f.model)
     sql = (
-        "SELECT device_id, model, COALESCE(NULLIF(variant, ''), artifact_name), runtime, threads, batch, n, min_ms, "
+        "SELECT device_id, model, COALESCE(NULLIF(variant, ''), artifact_name), runtime, threads, batch, n, "
+        "min_ms, "
         "p50_ms, p90_ms, p99_ms, max_ms, json_extract(record, '$.latency.samples_ms') FROM results "
         f"WHERE status = 'ok' AND ({where}) {''.join(' AND ' + e for e in extra)} ORDER BY finished_at DESC"
     )

@@ -23,16 +23,27 @@ _MPL = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
 BASE, SHIP, OTHER = "#9aa5b1", "#2e9d5b", "#3b6fb6"
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1320px;color:#1f2933;
-background:#fafbfc}h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:32px 0 8px;border-bottom:2px solid #e4e7eb;
-padding-bottom:4px}.meta{color:#616e7c;font-size:13px}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
-.card{background:#fff;border:1px solid #e4e7eb;border-left:5px solid #2e9d5b;border-radius:6px;padding:10px 14px;
-min-width:220px}.card b{font-size:17px}.card .dev{color:#616e7c;font-size:13px}table{border-collapse:collapse;
-font-size:12.5px;background:#fff;width:100%}th,td{border:1px solid #e4e7eb;padding:4px 7px;text-align:right;
-white-space:nowrap}th{background:#f0f4f8;position:sticky;top:0}td.l,th.l{text-align:left}tr.ship td{background:#e3f9e5;
-font-weight:600}tr.base td{color:#52606d}.reg{color:#c62828;font-weight:600}.imp{color:#2e7d32;font-weight:600}
-img{max-width:100%;background:#fff;border:1px solid #e4e7eb;border-radius:6px;margin:6px 0}.note{color:#7b8794;
-font-size:13px}.tablewrap{overflow-x:auto}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1320px;
+color:#1f2933;background:#fafbfc}
+h1{font-size:26px;margin:0 0 4px}
+h2{font-size:20px;margin:32px 0 8px;border-bottom:2px solid #e4e7eb;padding-bottom:4px}
+.meta{color:#616e7c;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
+.card{background:#fff;border:1px solid #e4e7eb;border-left:5px solid #2e9d5b;border-radius:6px;
+padding:10px 14px;min-width:220px}
+.card b{font-size:17px}
+.card .dev{color:#616e7c;font-size:13px}
+table{border-collapse:collapse;font-size:12.5px;background:#fff;width:100%}
+th,td{border:1px solid #e4e7eb;padding:4px 7px;text-align:right;white-space:nowrap}
+th{background:#f0f4f8;position:sticky;top:0}
+td.l,th.l{text-align:left}
+tr.ship td{background:#e3f9e5;font-weight:600}
+tr.base td{color:#52606d}
+.reg{color:#c62828;font-weight:600}
+.imp{color:#2e7d32;font-weight:600}
+img{max-width:100%;background:#fff;border:1px solid #e4e7eb;border-radius:6px;margin:6px 0}
+.note{color:#7b8794;font-size:13px}
+.tablewrap{overflow-x:auto}
 """
 
 
@@ -190,7 +201,8 @@ def _table(head: list[str], body: list[list[str]], classes: list[str]) -> str:
             for h, c in zip(head, row, strict=False)
         )
         trs.append(f'<tr class="{cls}">{tds}</tr>')
-    return f'<div class="tablewrap"><table><thead><tr>{th}</tr></thead><tbody>{"".join(trs)}</tbody></table></div>'
+    rows = "".join(trs)
+    return f'<div class="tablewrap"><table><thead><tr>{th}</tr></thead><tbody>{rows}</tbody></table></div>'
 
 
 def _page(title: str, body: str) -> str:
@@ -207,7 +219,7 @@ def render_html(report: Report, conn: sqlite3.Connection | None = None) -> str:
     classes = ["ship" if r.recommended else "base" if r.is_baseline else "" for r in report.rows]
     cards = []
     for (device, model), r in sorted(report.recommendations().items()):
-        why = "fp32 baseline" if r.is_baseline else f"{r.speedup:.2f}× faster than fp32" if r.speedup else ""
+        why = "fp32 baseline" if r.is_baseline else f"{r.speedup:.2f}x faster than fp32" if r.speedup else ""
         cards.append(
             f'<div class="card"><div class="dev">{html.escape(device)} · {html.escape(model or "-")}</div>'
             f"<b>{html.escape(r.variant)}</b><div>{r.p50_ms:.3f} ms p50 · {html.escape(why)}</div></div>"
@@ -215,8 +227,9 @@ def render_html(report: Report, conn: sqlite3.Connection | None = None) -> str:
     devices = _by_device(report.rows)
     parts = [
         "<h1>edgebench: which variant to ship where</h1>",
-        f'<div class="meta">generated {html.escape(report.generated_at)} · {report.results_total:,} results in the '
-        f"database · {len(report.rows)} device × variant rows</div>",
+        f'<div class="meta">generated {html.escape(report.generated_at)} · {report.results_total:,} results '
+        "in the "
+        f"database · {len(report.rows)} device x variant rows</div>",
         f'<div class="cards">{"".join(cards)}</div>',
         "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in _summary(report)[len(cards) :]) + "</ul>",
         "<h2>Before vs after: fp32 vs each variant</h2>",

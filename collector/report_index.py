@@ -30,8 +30,8 @@ _SELECT = """SELECT rowid, result_id, device_id, model, variant, artifact_name, 
   json_extract(record, '$.latency.samples_ms')
 FROM results"""
 
-_INSERT_RUN = """INSERT OR IGNORE INTO report_runs (cell_id, finished_at, result_id, status, job_id, n, p50_ms,
-  p50_ci_low_ms, p50_ci_high_ms, peak_mb, energy_j, energy_method, accuracy_delta, raw, hist)
+_INSERT_RUN = """INSERT OR IGNORE INTO report_runs (cell_id, finished_at, result_id, status, job_id, n,
+  p50_ms,  p50_ci_low_ms, p50_ci_high_ms, peak_mb, energy_j, energy_method, accuracy_delta, raw, hist)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
@@ -42,7 +42,8 @@ def _meta(conn: sqlite3.Connection, key: str, default: int = 0) -> int:
 
 def _set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
     conn.execute(
-        "INSERT INTO report_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        "INSERT INTO report_meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
 
@@ -91,7 +92,8 @@ class _Indexer:
         cid = self.cells.get(key)
         if cid is None:
             cur = self.conn.execute(
-                "INSERT INTO report_cells (device_id, model, variant, artifact_name, artifact_sha256, format, "
+                "INSERT INTO report_cells (device_id, model, variant, artifact_name, artifact_sha256, "
+                "format, "
                 "precision, size_bytes, runtime, threads, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row[2],
@@ -151,7 +153,9 @@ def refresh_index(
     try:
         conn.execute("SELECT 1 FROM report_runs LIMIT 1")
     except sqlite3.OperationalError:
-        raise ReportError("the database has no report index: open it once with the collector to migrate it")
+        raise ReportError(
+            "the database has no report index: open it once with the collector to migrate it"
+        ) from None
     total = int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
     if total == _meta(conn, "indexed"):
         return 0

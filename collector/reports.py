@@ -378,7 +378,8 @@ def board_series(
     out: dict[str, list[tuple[str, list[dict]]]] = {}
     for r in rows:
         found = conn.execute(
-            "SELECT result_id FROM report_runs WHERE cell_id = ? AND status = 'ok' ORDER BY finished_at DESC LIMIT 1",
+            "SELECT result_id FROM report_runs WHERE cell_id = ? AND status = 'ok' "
+            "ORDER BY finished_at DESC LIMIT 1",
             (r.cell_ids[0],),
         ).fetchone()
         if not found:

@@ -135,8 +135,13 @@ def test_manifest_accuracy_by_sha256(db_path, tmp_path):
 
 def test_fastest_thread_count_is_shown_and_threads_filter_pins_one(db_path):
     db = open_db(db_path)
-    insert_results(db, [make_record("pi-a", "fp32", base_ms=10.0, threads=4, seed=1),
-                        make_record("pi-a", "fp32", base_ms=30.0, threads=1, seed=2)])  # fmt: skip
+    insert_results(
+        db,
+        [
+            make_record("pi-a", "fp32", base_ms=10.0, threads=4, seed=1),
+            make_record("pi-a", "fp32", base_ms=30.0, threads=1, seed=2),
+        ],
+    )
     assert latency_report(db.conn).rows[0].threads == 4
     one = latency_report(db.conn, ReportFilter(threads=1)).rows[0]
     assert one.threads == 1 and one.p50_ms == pytest.approx(30.0, rel=0.05)

@@ -52,8 +52,17 @@ def db(db_path):
                 )
             )
             slower = 1.08 if dev == "pi-a" else 1.002
-            recs.append(make_record(dev, "int8-static", base_ms=10.0 * slower, seed=100 * i + 30 + k, job_id=JOB_B,
-                                    finished_at=f"2024-06-0{1 + k}T00:00:00Z"))  # fmt: skip
+            late = f"2024-06-0{1 + k}T00:00:00Z"
+            recs.append(
+                make_record(
+                    dev,
+                    "int8-static",
+                    base_ms=10.0 * slower,
+                    seed=100 * i + 30 + k,
+                    job_id=JOB_B,
+                    finished_at=late,
+                )
+            )
     insert_results(db, recs)
     return db
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from collector.render import render_comparison, render_report
 from collector.compare import compare_runs
+from collector.render import render_comparison, render_report
 from collector.reports import latency_report
 from collector.store import insert_results, open_db
 from tests.support.report_records import make_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from report_screenshot import chromium_path, screenshot  # noqa: E402
+from report_screenshot import chromium_path, screenshot
 
 
 @pytest.fixture
@@ -44,8 +44,9 @@ def test_self_contained_with_every_plot(html):
 
 def test_comparison_html(db_path):
     db = open_db(db_path)
-    insert_results(db, [make_record("pi-a", "fp32", seed=1, finished_at="2024-05-01T00:00:00Z"),
-                        make_record("pi-a", "fp32", base_ms=12.0, seed=2, finished_at="2024-06-01T00:00:00Z")])  # fmt: skip
+    before = make_record("pi-a", "fp32", seed=1, finished_at="2024-05-01T00:00:00Z")
+    after = make_record("pi-a", "fp32", base_ms=12.0, seed=2, finished_at="2024-06-01T00:00:00Z")
+    insert_results(db, [before, after])
     out = render_comparison(compare_runs(db.conn, "..2024-05-15", "2024-05-15.."), "html")
     assert "regression" in out and out.count("data:image/png;base64,") == 1
 
