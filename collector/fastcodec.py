@@ -44,32 +44,69 @@ def _compile(tp: Any, cache: dict[Any, Decoder]) -> Decoder:
     return dec
 
 
+def _inline_check(tp: Any, var: str, name: str, ns: dict[str, Any], cache: dict[Any, Decoder]) -> list[str]:
+    """Source lines that validate/convert ``var`` in place for annotation ``tp`` (raise _DOUBT on doubt)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            inner = _inline_check(args[0], var, name, ns, cache)
+            return [f"if {var} is not None:", *("    " + line for line in inner)]
+    if tp is int:
+        return [f"if type({var}) is not int: raise _D"]
+    if tp is str:
+        return [f"if type({var}) is not str: raise _D"]
+    if tp is bool:
+        return [f"if type({var}) is not bool: raise _D"]
+    if tp is float:
+        return [
+            f"if type({var}) is float:",
+            f"    if not _isfinite({var}): raise _D",
+            f"elif type({var}) is int: {var} = float({var})",
+            "else: raise _D",
+        ]
+    if origin is Literal and all(type(a) is str for a in get_args(tp)):
+        ns[f"_L_{name}"] = frozenset(get_args(tp))
+        return [f"if type({var}) is not str or {var} not in _L_{name}: raise _D"]
+    ns[f"_C_{name}"] = _compile(tp, cache)
+    return [f"{var} = _C_{name}({var})"]
+
+
 def _compile_dataclass(cls: type, cache: dict[Any, Decoder]) -> Decoder:
+    """Generate one flat function per dataclass: no per-field calls for scalars."""
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    names = frozenset(f.name for f in dataclasses.fields(cls))
-    required = frozenset(
-        f.name
-        for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    )
-    slots: dict[str, Decoder] = {}
-
-    def decode_dc(value: Any) -> Any:
-        if type(value) is not dict or not required <= value.keys() or not value.keys() <= names:
-            raise _DOUBT
-        kwargs = {}
-        for key, item in value.items():
-            kwargs[key] = slots[key](item)
-        try:
-            return cls(**kwargs)
-        except Exception:
-            raise _DOUBT from None
-
-    cache[cls] = decode_dc  # recursion-safe
-    for f in dataclasses.fields(cls):
-        slots[f.name] = _compile(hints[f.name], cache)
-    return decode_dc
+    all_fields = dataclasses.fields(cls)
+    missing = dataclasses.MISSING
+    ns: dict[str, Any] = {
+        "_D": _DOUBT,
+        "_Doubt": _Doubt,
+        "_isfinite": math.isfinite,
+        "_cls": cls,
+        "_names": frozenset(f.name for f in all_fields),
+        "_required": frozenset(
+            f.name for f in all_fields if f.init and f.default is missing and f.default_factory is missing
+        ),
+    }
+    lines = [
+        "def decode(v):",
+        "    if type(v) is not dict: raise _D",
+        "    keys = v.keys()",
+        "    if not (_required <= keys and keys <= _names): raise _D",
+        "    kw = {}",
+    ]
+    for n, f in enumerate(all_fields):
+        lines.append(f"    if {f.name!r} in v:")
+        lines.append(f"        x = v[{f.name!r}]")
+        lines += ["        " + line for line in _inline_check(hints[f.name], "x", f"{n}", ns, cache)]
+        lines.append(f"        kw[{f.name!r}] = x")
+    lines += [
+        "    try:",
+        "        return _cls(**kw)",
+        "    except Exception:",
+        "        raise _D from None",
+    ]
+    exec(compile("\n".join(lines), f"<fastcodec {cls.__name__}>", "exec"), ns)
+    return ns["decode"]
 
 
 def _dec_int(v: Any) -> int:
