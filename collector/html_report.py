@@ -88,7 +88,6 @@ def before_after(device: str, rows: list[MatrixRow]) -> str:
         ax.barh(y, np.nan_to_num(vals), color=[_color(r) for r in rows], height=0.65)
         ax.set_title(title, fontsize=11)
         ax.grid(axis="x", alpha=0.3)
-        ax.invert_yaxis()
         ref = vals[0] if base is not None else np.nan
         for i, v in enumerate(vals):
             if np.isnan(v):
@@ -102,7 +101,10 @@ def before_after(device: str, rows: list[MatrixRow]) -> str:
             ax.axvline(0, color="#52606d", lw=0.8)
         ax.margins(x=0.35)
     axes[0].set_yticks(y, labels, fontsize=9)
-    fig.suptitle(f"{device}: fp32 baseline (grey) vs variants; green = ship", fontsize=12, x=0.01, ha="left")
+    axes[0].invert_yaxis()  # shared y: once flips all four, fp32 on top
+    fig.suptitle(
+        f"{device}: fp32 baseline (grey) vs variants; green = ship", fontsize=12, x=0.01, y=1.02, ha="left"
+    )
     return _png(fig)
 
 
@@ -118,10 +120,17 @@ def distributions(report: Report, device: str, rows: list[MatrixRow]) -> str:
         return ""
     fig, ax = plt.subplots(figsize=(7, 0.42 * len(stats) + 1.3))
     orient = {"orientation": "horizontal"} if _MPL >= (3, 10) else {"vert": False}
-    parts = ax.bxp(stats, showfliers=False, patch_artist=True, widths=0.6, **orient)
+    parts = ax.bxp(
+        stats,
+        showfliers=False,
+        patch_artist=True,
+        widths=0.6,
+        medianprops={"color": "#1f2933", "linewidth": 1.5},
+        **orient,
+    )
     for patch, r in zip(parts["boxes"], rows, strict=False):
         patch.set_facecolor(_color(r))
-        patch.set_alpha(0.75)
+        patch.set_alpha(0.9)
     lo, hi = min(s["whislo"] for s in stats), max(s["whishi"] for s in stats)
     if hi / max(lo, 1e-9) > 8:
         ax.set_xscale("log")
@@ -137,7 +146,7 @@ def pareto(device: str, rows: list[MatrixRow]) -> str:
     if not pts:
         return ""
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for size, p50, r in pts:
+    for k, (size, p50, r) in enumerate(sorted(pts, key=lambda p: (p[0], p[1]))):
         ax.scatter(
             size,
             p50,
@@ -148,7 +157,9 @@ def pareto(device: str, rows: list[MatrixRow]) -> str:
             edgecolor="#1f2933",
             linewidth=0.5,
         )
-        ax.annotate(r.variant, (size, p50), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(
+            r.variant, (size, p50), textcoords="offset points", xytext=(7, 5 if k % 2 else -11), fontsize=8
+        )
     front, best = [], float("inf")
     for size, p50, _ in sorted(pts, key=lambda p: (p[0], p[1])):
         if p50 < best:

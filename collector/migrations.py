@@ -159,6 +159,12 @@ MIGRATIONS: tuple[Migration, ...] = (
   PRIMARY KEY (cell_id, finished_at, result_id)
 ) WITHOUT ROWID""",
             "CREATE TABLE IF NOT EXISTS report_meta (key TEXT PRIMARY KEY, value)",
+            """CREATE TABLE IF NOT EXISTS report_daily (
+  cell_id INTEGER NOT NULL, day TEXT NOT NULL,  -- per-day rollup of the ok runs of report_runs
+  runs INTEGER, n INTEGER, peak_mb REAL, energy_jn REAL, energy_n INTEGER, energy_method TEXT,
+  acc_sum REAL, acc_count INTEGER, ci_low_ms REAL, ci_high_ms REAL, hist BLOB,
+  PRIMARY KEY (cell_id, day)
+) WITHOUT ROWID""",
         ),
     ),
     Migration(

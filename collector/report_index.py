@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from collector.report_stats import encode_hist, synthetic_samples
+from collector.report_stats import encode_hist, merge_blobs, synthetic_samples
 
 
 class ReportError(Exception):
@@ -80,6 +80,7 @@ def run_hist(row: tuple[Any, ...]) -> tuple[int, bytes | None]:
 class _Indexer:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.pending: list[tuple[Any, ...]] = []
         self.cells: dict[tuple[Any, ...], int] = {
             tuple(r[1:]): r[0]
             for r in conn.execute(
@@ -137,9 +138,59 @@ class _Indexer:
                     hist,
                 )
             )
-        before = self.conn.total_changes
-        self.conn.executemany(_INSERT_RUN, out)
-        return self.conn.total_changes - before
+        new = 0
+        for run in out:  # one by one: only rows really inserted go into the daily rollup
+            cur = self.conn.execute(_INSERT_RUN, run)
+            if cur.rowcount == 1:
+                new += 1
+                if run[3] == "ok" and run[14]:
+                    self.pending.append(run)
+        return new
+
+    def flush_daily(self) -> None:
+        """Fold the newly inserted ok runs into ``report_daily`` (one upsert per cell and day)."""
+        groups: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
+        for run in self.pending:
+            groups.setdefault((run[0], run[1][:10]), []).append(run)
+        self.pending = []
+        for (cell_id, day), runs in groups.items():
+            old = self.conn.execute(
+                "SELECT runs, n, peak_mb, energy_jn, energy_n, energy_method, acc_sum, acc_count, ci_low_ms, "
+                "ci_high_ms, hist FROM report_daily WHERE cell_id = ? AND day = ?",
+                (cell_id, day),
+            ).fetchone()
+            agg = list(old) if old else [0, 0, None, 0.0, 0, None, 0.0, 0, None, None, b""]
+            blobs = [agg[10]]
+            for r in runs:
+                n = r[5] or 0
+                agg[0] += 1
+                agg[1] += n
+                agg[2] = _max(agg[2], r[9])
+                if r[10] is not None:
+                    agg[3] += r[10] * n
+                    agg[4] += n
+                    agg[5] = r[11] or agg[5]
+                if r[12] is not None:
+                    agg[6] += r[12]
+                    agg[7] += 1
+                agg[8] = _min(agg[8], r[7])
+                agg[9] = _max(agg[9], r[8])
+                blobs.append(r[14])
+            agg[10] = merge_blobs(blobs)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO report_daily (cell_id, day, runs, n, peak_mb, energy_jn, energy_n, "
+                "energy_method, acc_sum, acc_count, ci_low_ms, ci_high_ms, hist) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cell_id, day, *agg),
+            )
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def refresh_index(
@@ -152,6 +203,7 @@ def refresh_index(
     """
     try:
         conn.execute("SELECT 1 FROM report_runs LIMIT 1")
+        _ensure_tables(conn)
     except sqlite3.OperationalError:
         raise ReportError(
             "the database has no report index: open it once with the collector to migrate it"
@@ -169,6 +221,7 @@ def refresh_index(
                 break
             with conn:
                 new = indexer.add(rows)
+                indexer.flush_daily()
                 added += new
                 hwm = int(rows[-1][0])
                 _set_meta(conn, "results_rowid", hwm)
@@ -186,6 +239,19 @@ def refresh_index(
     return added
 
 
+def _ensure_tables(conn: sqlite3.Connection) -> None:
+    """Tables added to migration 2 after it first shipped (CREATE ... IF NOT EXISTS: a no-op when present)."""
+    from collector.migrations import MIGRATIONS
+
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'report_daily'").fetchone():
+        return
+    with conn:
+        for statement in next(m for m in MIGRATIONS if m.version == 2).statements:
+            conn.execute(statement)
+        conn.execute("DELETE FROM report_runs")  # rebuild everything, rollup included
+        conn.execute("DELETE FROM report_meta")
+
+
 def _count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM report_runs").fetchone()[0])
 
@@ -199,6 +265,16 @@ def _reconcile(conn: sqlite3.Connection, indexer: _Indexer) -> int:
         for i in range(0, len(gone), 500):
             part = gone[i : i + 500]
             conn.execute(f"DELETE FROM report_runs WHERE result_id IN ({','.join('?' * len(part))})", part)
+        conn.execute("DELETE FROM report_daily")
+        indexer.pending = [
+            tuple(r)
+            for r in conn.execute(
+                "SELECT cell_id, finished_at, result_id, status, job_id, n, p50_ms, p50_ci_low_ms, "
+                "p50_ci_high_ms, peak_mb, energy_j, energy_method, accuracy_delta, raw, hist "
+                "FROM report_runs "
+                "WHERE status = 'ok' AND hist IS NOT NULL"
+            )
+        ]
         missing = list(want - have)
         for i in range(0, len(missing), 500):
             part = missing[i : i + 500]
@@ -206,6 +282,7 @@ def _reconcile(conn: sqlite3.Connection, indexer: _Indexer) -> int:
                 f"{_SELECT} WHERE result_id IN ({','.join('?' * len(part))})", part
             ).fetchall()
             added += indexer.add(rows)
+        indexer.flush_daily()
         _set_meta(conn, "indexed", _count(conn))
         _set_meta(
             conn,

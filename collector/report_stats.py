@@ -201,3 +201,16 @@ def bootstrap_median_diff(
     lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
     method = "bootstrap (runs, then samples)" if len(base) > 1 or len(cand) > 1 else "bootstrap (samples)"
     return MedianDiff(b_med, c_med, c_med - b_med, float(lo), float(hi), (c_med - b_med) / b_med, method)
+
+
+def merge_blobs(blobs: Sequence[bytes]) -> bytes:
+    """One sparse histogram blob holding the sum of several."""
+    entries, _ = decode_many([b for b in blobs if b])
+    if entries.size == 0:
+        return b""
+    buckets, inverse = np.unique(entries["b"], return_inverse=True)
+    counts = np.bincount(inverse, weights=entries["c"].astype(np.float64))
+    out = np.empty(buckets.size, dtype=ENTRY)
+    out["b"] = buckets
+    out["c"] = np.minimum(np.round(counts), 2**32 - 1)
+    return out.tobytes()

@@ -265,35 +265,10 @@ def latency_report(
     if not cells:
         raise ReportError(f"no results match the filters ({_describe(filters)})")
     by_id = {c[0]: c for c in cells}
-    where, params = ["status = 'ok'"], []
-    if len(cells) < int(conn.execute("SELECT COUNT(*) FROM report_cells").fetchone()[0]):
-        where.append(f"cell_id IN ({', '.join('?' * len(by_id))})")
-        params.extend(by_id)
-    if filters.since:
-        where.append("finished_at >= ?")
-        params.append(filters.since)
-    if filters.until:
-        where.append("finished_at <= ?")
-        params.append(filters.until)
-    clause = " AND ".join(where)
-    aggregates = conn.execute(
-        "SELECT cell_id, COUNT(*), SUM(n), MAX(peak_mb), "
-        "SUM(energy_j * n) / SUM(CASE WHEN energy_j IS NOT NULL THEN n END), MAX(energy_method), "
-        f"AVG(accuracy_delta), MIN(p50_ci_low_ms), MAX(p50_ci_high_ms) FROM report_runs WHERE {clause} "
-        "GROUP BY cell_id",
-        params,
-    ).fetchall()
+    all_cells = len(cells) == int(conn.execute("SELECT COUNT(*) FROM report_cells").fetchone()[0])
+    aggregates, hists = _gather(conn, None if all_cells else list(by_id), filters.since, filters.until)
     if not aggregates:
         raise ReportError(f"no successful results match the filters ({_describe(filters)})")
-    slot = {row[0]: i for i, row in enumerate(aggregates)}
-    cur = conn.execute(f"SELECT cell_id, hist FROM report_runs WHERE {clause} AND hist IS NOT NULL", params)
-    ids, blobs = [], []
-    while chunk := cur.fetchmany(200_000):
-        for cid, blob in chunk:
-            ids.append(cid)
-            blobs.append(blob)
-    groups = np.fromiter((slot[c] for c in ids), dtype=np.int64, count=len(ids))
-    hists = merge_by_group(blobs, groups, len(aggregates))
     deltas = _artifact_deltas(conn, manifest)
 
     best: dict[tuple[str, str, str], MatrixRow] = {}
@@ -352,6 +327,87 @@ def latency_report(
         notes=tuple(notes),
         hists=best_hist,
     )
+
+
+_DAILY = (
+    "SELECT cell_id, runs, n, peak_mb, energy_jn, energy_n, energy_method, acc_sum, acc_count, ci_low_ms, "
+    "ci_high_ms, hist FROM report_daily"
+)
+_RUNS = (
+    "SELECT cell_id, 1, n, peak_mb, COALESCE(energy_j * n, 0), "
+    "CASE WHEN energy_j IS NOT NULL THEN n ELSE 0 END, energy_method, COALESCE(accuracy_delta, 0), "
+    "accuracy_delta IS NOT NULL, p50_ci_low_ms, p50_ci_high_ms, hist "
+    "FROM report_runs WHERE status = 'ok' AND hist IS NOT NULL"
+)
+
+
+def _gather(
+    conn: sqlite3.Connection, cell_ids: list[int] | None, since: str | None, until: str | None
+) -> tuple[list[tuple[Any, ...]], np.ndarray]:
+    """Per-cell aggregates and pooled histograms: whole days from the daily rollup, the partial days at
+    the ends of a time window from the per-run rows."""
+    queries: list[tuple[str, list[Any]]] = []
+    cells_sql = f"cell_id IN ({', '.join('?' * len(cell_ids))})" if cell_ids is not None else "1 = 1"
+    cells_params: list[Any] = list(cell_ids or [])
+    since_day = since[:10] if since else None
+    full_from = since_day
+    if since and since_day and since[10:] not in ("", "T00:00:00.000Z", "T00:00:00Z"):
+        full_from = (datetime.fromisoformat(since_day) + timedelta(days=1)).date().isoformat()
+    until_day = until[:10] if until else None
+    if since and until and since_day == until_day:
+        queries.append((f"{_RUNS} AND {cells_sql} AND finished_at >= ? AND finished_at <= ?",
+                        [*cells_params, since, until]))  # fmt: skip
+    else:
+        day_where, day_params = [cells_sql], list(cells_params)
+        if full_from:
+            day_where.append("day >= ?")
+            day_params.append(full_from)
+        if until_day:
+            day_where.append("day < ?")
+            day_params.append(until_day)
+        queries.append((f"{_DAILY} WHERE {' AND '.join(day_where)}", day_params))
+        if since and full_from != since_day:
+            queries.append((f"{_RUNS} AND {cells_sql} AND finished_at >= ? AND finished_at < ?",
+                            [*cells_params, since, full_from]))  # fmt: skip
+        if until:
+            queries.append((f"{_RUNS} AND {cells_sql} AND finished_at >= ? AND finished_at <= ?",
+                            [*cells_params, until_day, until]))  # fmt: skip
+    acc: dict[int, list[Any]] = {}
+    owners: list[int] = []
+    blobs: list[bytes] = []
+    for sql, params in queries:
+        for cid, runs, n, peak, ejn, en, method, asum, acount, lo, hi, hist in conn.execute(sql, params):
+            a = acc.get(cid)
+            if a is None:
+                a = acc[cid] = [len(acc), 0, 0, None, 0.0, 0, None, 0.0, 0, None, None]
+            a[1] += runs
+            a[2] += n or 0
+            a[3] = peak if a[3] is None else a[3] if peak is None else max(a[3], peak)
+            a[4] += ejn or 0.0
+            a[5] += en or 0
+            a[6] = method or a[6]
+            a[7] += asum or 0.0
+            a[8] += acount or 0
+            a[9] = lo if a[9] is None else a[9] if lo is None else min(a[9], lo)
+            a[10] = hi if a[10] is None else a[10] if hi is None else max(a[10], hi)
+            owners.append(a[0])
+            blobs.append(hist)
+    hists = merge_by_group(blobs, np.asarray(owners, dtype=np.int64), len(acc))
+    aggregates = [
+        (
+            cid,
+            a[1],
+            a[2],
+            a[3],
+            a[4] / a[5] if a[5] else None,
+            a[6],
+            a[7] / a[8] if a[8] else None,
+            a[9],
+            a[10],
+        )
+        for cid, a in acc.items()
+    ]
+    return aggregates, hists
 
 
 def _describe(f: ReportFilter) -> str:

@@ -234,3 +234,27 @@ def test_zero_latency_and_odd_variant_names_do_not_break(db_path):
     names = {r.variant for r in latency_report(db.conn).rows}
     assert "we'ird\"name.onnx" in names
     assert isinstance(LatencyStats, type)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "expected"),
+    [
+        (None, None, {1, 2, 3, 4}),
+        ("2024-05-01T15:00:00Z", None, {2, 3, 4}),  # partial first day from the per-run rows
+        ("2024-05-02", None, {3, 4}),  # whole days from the daily rollup
+        (None, "2024-05-02T12:00:00Z", {1, 2, 3}),  # partial last day
+        ("2024-05-01T15:00:00Z", "2024-05-01T23:00:00Z", {2}),  # same day at both ends
+        ("2024-05-01T15:00:00Z", "2024-05-03T00:30:00Z", {2, 3, 4}),
+    ],
+)
+def test_time_windows_count_exactly_the_runs_inside(db_path, since, until, expected):
+    db = open_db(db_path)
+    times = {1: "2024-05-01T10:00:00.000Z", 2: "2024-05-01T20:00:00.000Z", 3: "2024-05-02T08:00:00.000Z",
+             4: "2024-05-03T00:10:00.000Z"}  # fmt: skip
+    # Run k has n = 10**k samples, so the pooled count says exactly which runs were included.
+    insert_results(
+        db, [make_record("pi-a", "fp32", seed=k, n=10**k, finished_at=t) for k, t in times.items()]
+    )
+    f = ReportFilter(since=parse_since(since) if since else None, until=parse_since(until) if until else None)
+    row = latency_report(db.conn, f).rows[0]
+    assert row.n == sum(10**k for k in expected) and row.runs == len(expected)
