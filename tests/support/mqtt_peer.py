@@ -27,7 +27,8 @@ def db_count(db_path: Path, sql: str = "SELECT COUNT(*) FROM results", params: t
         return 0
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
     try:
-        return int(conn.execute(sql, params).fetchone()[0] or 0)
+        row = conn.execute(sql, params).fetchone()
+        return int(row[0] or 0) if row else 0
     except sqlite3.OperationalError:  # not migrated yet
         return 0
     finally:
