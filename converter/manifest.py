@@ -12,7 +12,8 @@ Schema version 1 (see /work/notes/contracts.md)::
                     "passes": [{"name", "params": {...}}],
                     "fidelity": {"accuracy", "reference_accuracy", "accuracy_delta", "top1_agreement",
                                  "max_abs_error", "mean_abs_error", "cosine"},
-                    "host_latency_ms", "status": "ok"|"failed", "error"}]}
+                    "host_latency_ms", "status": "ok"|"failed", "error",
+                    "host_peak_mb" (optional extension, may be null)}]}
 
 ``accuracy_delta`` is in percentage points, negative = worse than the reference. Values that could not be
 measured (no labels, failed artifact) are ``null``. Readers: ``load_manifest(path)`` -> :class:`Manifest`;
@@ -93,6 +94,9 @@ class ManifestArtifact:
     host_latency_ms: float | None = None
     status: str = "ok"
     error: str | None = None
+    host_peak_mb: float | None = (
+        None  # extension (optional): peak RSS growth while loaded and run on the host
+    )
 
     def path(self, manifest_path: Path) -> Path:
         """The artifact's absolute location given the manifest file it was listed in."""
@@ -199,6 +203,7 @@ def _artifact(obj: Any, i: int) -> ManifestArtifact:
         host_latency_ms=_opt_num(obj, "host_latency_ms", where),
         status=status,
         error=None if error is None else str(error),
+        host_peak_mb=_opt_num(obj, "host_peak_mb", where),
     )
 
 

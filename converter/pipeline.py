@@ -130,7 +130,9 @@ def _load_source(
         log(f"exporting {model} to ONNX (dynamic batch) and checking it against PyTorch")
         with silenced(work / "export.log"):
             export_onnx(module, arr[:8], onnx_path)
-        return passes.Model(onnx_path, module), "pytorch", model.rpartition(":")[2]
+        module_name, _, attr = model.partition(":")
+        generic = attr in ("pretrained", "build", "model", "create", "factory", "get_model", "make")
+        return passes.Model(onnx_path, module), "pytorch", module_name.rpartition(".")[2] if generic else attr
     path = Path(model)
     if not path.is_file():
         raise ConvertError(f"model not found: {model} (an .onnx file or package.module:factory)")
