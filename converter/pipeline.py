@@ -210,6 +210,7 @@ def convert(
             passes=pass_records,
             fidelity=m.fidelity,
             host_latency_ms=m.latency_ms,
+            host_peak_mb=m.memory_mb,
         )
         artifacts.append(art)
         return art

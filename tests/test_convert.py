@@ -113,6 +113,10 @@ def test_every_pass_produces_a_checked_artifact(all_result):
     # recommended: within budget and never slower than fp32
     rec = by_name[manifest.recommended]
     assert rec.host_latency_ms <= ref.host_latency_ms
+    assert (
+        ref.host_peak_mb is not None
+        and manifest.source.name == "tests.test_convert:tiny_cnn".rpartition(":")[2]
+    )
     assert rec.fidelity.accuracy_delta >= -manifest.max_accuracy_drop
 
 
