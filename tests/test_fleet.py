@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.artifacts import file_sha256
-from agent.schema import BenchSettings, JobEvent, new_id
+from agent.schema import BenchSettings, JobEvent
 from collector.fleet import (
     DeviceProgress,
     FleetError,
@@ -75,7 +75,7 @@ def test_manifest_with_wrong_hash_is_refused(tmp_path, tiny_mlp_onnx):
     data = json.loads(manifest.read_text())
     data["artifacts"][0]["sha256"] = "f" * 64
     manifest.write_text(json.dumps(data))
-    with pytest.raises(FleetError, match="sha256 mismatch.*refusing"):
+    with pytest.raises(FleetError, match=r"sha256 mismatch.*refusing"):
         collect_artifacts([manifest])
     # and a tampered file under a correct manifest
     manifest = make_manifest(tmp_path / "out2", [tiny_mlp_onnx])
@@ -184,7 +184,5 @@ def test_listings_and_cli_bad_input(db_path, tmp_path, tiny_mlp_onnx):
         result = runner.invoke(fleet_group, [*args, "--db", str(db_path)])
         assert result.exit_code != 0, args
         assert message in result.output, (args, result.output)
-        assert ("Traceback" not in result.output and result.exception is None) or isinstance(
-            result.exception, SystemExit
-        )
-    _ = new_id
+        assert "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
