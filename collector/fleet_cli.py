@@ -148,20 +148,22 @@ class _Live:
             self.stream.flush()
             return
         for p in sorted(progress.values(), key=lambda p: p.device_id):
-            key = (p.state, p.agent_state)
+            key = (p.state, p.detail)
             if self.seen.get(p.device_id) != key:
                 self.seen[p.device_id] = key
                 click.echo(self._line(p), file=self.stream)
 
     @staticmethod
     def _line(p: Any) -> str:
-        bar = ""
+        parts = [f"  {p.device_id:<24} {p.state:<12}"]
         if p.progress is not None and p.state in ("transferring", "running"):
             filled = round(20 * max(0.0, min(1.0, p.progress)))
-            bar = f" [{'#' * filled}{'.' * (20 - filled)}] {100 * p.progress:3.0f}%"
-        extra = f" ({p.detail})" if p.detail and p.state in ("failed", "done", "transferring") else ""
-        results = f", {p.results} result(s)" if p.results else ""
-        return f"  {p.device_id:<24} {p.state:<12}{bar}{results}{extra}"[:200]
+            parts.append(f" [{'#' * filled}{'.' * (20 - filled)}] {100 * p.progress:3.0f}%")
+        if p.results:
+            parts.append(f" {p.results} result(s)")
+        if p.detail:
+            parts.append(f" {p.detail}")
+        return "".join(parts).rstrip()[:200]
 
 
 @fleet_group.command("push")

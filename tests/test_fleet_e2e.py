@@ -1,0 +1,97 @@
+"""End to end on loopback: `collector serve` (in-process), two real agents, `fleet push` of two variants
+of a small model to both; every device x variant ends up in the database and in the report."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from agent.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
+from agent.service import AgentService
+from agent.signing import generate_keypair
+from collector.config import BrokerSettings as CollectorBroker
+from collector.config import CollectorConfig
+from collector.fleet_cli import fleet_group
+from collector.workers import run_ingestor
+from tests.support.mqtt_peer import db_count, wait_for
+
+DEVICES = ("pi-one", "pi-two")
+
+
+@pytest.fixture
+def fleet(fresh_mosquitto, tmp_path):
+    key, pub = generate_keypair(tmp_path / "keys", "collector")
+    db_path = tmp_path / "fleet.db"
+    config = CollectorConfig(
+        db=str(db_path),
+        client_id="e2e-collector",
+        signing_key=str(key),
+        broker=CollectorBroker(host=fresh_mosquitto.host, port=fresh_mosquitto.port),
+    )
+    stop = threading.Event()
+    collector = threading.Thread(
+        target=run_ingestor, args=(config, stop), kwargs={"serve_chunks": True, "shared_group": None,
+                                                          "control": True}, daemon=True,
+    )  # fmt: skip
+    collector.start()
+    agents = []
+    for device in DEVICES:
+        agent_config = AgentConfig(
+            device_id=device,
+            tags=("lab",),
+            data_dir=tmp_path / device,
+            broker=BrokerSettings(
+                host=fresh_mosquitto.host, port=fresh_mosquitto.port, reconnect_min_s=0.2, reconnect_max_s=1.0
+            ),
+            jobs=JobsSettings(trusted_keys=(str(pub),), chunk_size=4096, chunk_timeout_s=2.0),
+            heartbeat=HeartbeatSettings(interval_s=1.0),
+        ).validate()
+        agents.append(AgentService(agent_config).start())
+    try:
+        yield config, db_path, agents
+    finally:
+        for a in agents:
+            a.stop(flush_timeout_s=2.0, join_timeout_s=30)
+        stop.set()
+        collector.join(timeout=30)
+
+
+@pytest.mark.slow
+def test_push_two_variants_to_two_agents(fleet, tiny_mlp_onnx, tiny_mlp_tflite):
+    config, db_path, _agents = fleet
+    assert wait_for(lambda: db_count(db_path, "SELECT COUNT(*) FROM devices WHERE online = 1") == 2, 30)
+    runner = CliRunner()
+    result = runner.invoke(
+        fleet_group,
+        ["push", str(tiny_mlp_onnx), str(tiny_mlp_tflite), "--to", "tag:lab", "--db", str(db_path),
+         "--key", config.signing_key, "--broker", f"{config.broker.host}:{config.broker.port}",
+         "--preset", "quick", "--min-runs", "5", "--min-time", "0.05", "--max-time", "0.5",
+         "--timeout", "240"],
+    )  # fmt: skip
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    assert "2 done" in result.output and "transferring" in result.output
+    # Results reach the collector through the agents' outboxes.
+    cells = "SELECT COUNT(DISTINCT device_id || artifact_sha256) FROM results WHERE status = 'ok'"
+    assert wait_for(lambda: db_count(db_path, cells) == 4, 60)
+    assert db_count(db_path, "SELECT COUNT(DISTINCT format) FROM results") == 2
+    jobs = runner.invoke(fleet_group, ["jobs", "--db", str(db_path), "--json"])
+    [job] = json.loads(jobs.output)
+    assert job["state"] == "done" and job["devices"] == {"pi-one": "done", "pi-two": "done"}
+    devices = runner.invoke(fleet_group, ["devices", "--db", str(db_path), "--json"])
+    assert {d["device_id"]: d["results"] >= 2 for d in json.loads(devices.output)} == {
+        d: True for d in DEVICES
+    }
+    assert db_count(db_path, "SELECT COUNT(*) FROM artifacts WHERE path IS NOT NULL") == 2
+    # Engineer F's report reads the same database: both devices x both variants.
+    try:
+        from collector.report_cli import report_group
+    except ImportError:  # pragma: no cover
+        return
+    report = runner.invoke(report_group, ["latency", "--db", str(db_path), "--format", "csv"])
+    assert report.exit_code == 0, report.output
+    for device in DEVICES:
+        assert report.output.count(device) >= 2, report.output
