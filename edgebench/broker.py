@@ -6,6 +6,7 @@ started; it is stopped by its own PID and nothing else.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -88,6 +89,8 @@ class MosquittoBroker:
             "log_type error",
             "log_type warning",
             "log_type notice",
+            # as root mosquitto drops to user "mosquitto", which cannot write its persistence here
+            *(["user root"] if os.geteuid() == 0 else []),
             *self.extra_config,
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
