@@ -95,3 +95,30 @@ def test_push_two_variants_to_two_agents(fleet, tiny_mlp_onnx, tiny_mlp_tflite):
     assert report.exit_code == 0, report.output
     for device in DEVICES:
         assert report.output.count(device) >= 2, report.output
+
+
+@pytest.mark.slow
+def test_offline_device_gets_job_and_chunks_from_collector_serve_later(fleet, tiny_mlp_onnx):
+    config, db_path, agents = fleet
+    assert wait_for(lambda: db_count(db_path, "SELECT COUNT(*) FROM devices WHERE online = 1") == 2, 30)
+    late = agents[1]
+    late.stop(flush_timeout_s=2.0, join_timeout_s=30)  # pi-two goes offline; its session stays
+    assert wait_for(lambda: db_count(db_path, "SELECT COUNT(*) FROM devices WHERE online = 1") == 1, 30)
+    result = CliRunner().invoke(
+        fleet_group,
+        ["push", str(tiny_mlp_onnx), "--to", "pi-two", "--db", str(db_path), "--key", config.signing_key,
+         "--broker", f"{config.broker.host}:{config.broker.port}", "--preset", "quick", "--min-runs", "5",
+         "--min-time", "0.05", "--max-time", "0.5", "--no-wait"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "published" in result.output
+    # The push process is gone; pi-two comes back, finds the job in its session and fetches the model
+    # from the chunk server inside `collector serve`.
+    agents[1] = AgentService(late.config).start()
+    ok = "SELECT COUNT(*) FROM results WHERE device_id = 'pi-two' AND status = 'ok'"
+    assert wait_for(lambda: db_count(db_path, ok) >= 1, 90)
+    assert wait_for(
+        lambda: db_count(db_path, "SELECT COUNT(*) FROM job_events WHERE state = 'done'") == 1, 30
+    )
+    health = db_count(db_path, "SELECT chunks_served FROM collector_health")
+    assert wait_for(lambda: db_count(db_path, "SELECT chunks_served FROM collector_health") > 0, 10), health

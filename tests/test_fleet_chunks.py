@@ -1,0 +1,69 @@
+"""The chunk server on a real broker: all chunks, resume with missing indices, unknown and tampered files."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from agent import topics
+from agent.artifacts import file_sha256
+from agent.schema import ArtifactChunk, ArtifactRef, ChunkRequest
+from collector.chunks import ChunkServer
+from collector.config import BrokerSettings
+from collector.ingest import make_client
+from collector.store import open_db, register_artifact
+from tests.support.mqtt_peer import Peer, wait_for
+
+
+@pytest.fixture
+def served(mosquitto, db_path, tmp_path, tiny_mlp_onnx):
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_mlp_onnx, model)
+    sha = file_sha256(model)
+    db = open_db(db_path)
+    register_artifact(db, ArtifactRef("m.onnx", sha, model.stat().st_size, "onnx"), path=model)
+    client = make_client(
+        BrokerSettings(host=mosquitto.host, port=mosquitto.port), "chunk-test", persistent=False
+    )
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    server = ChunkServer(db_path)
+    server.attach(client)
+    device = Peer(mosquitto.port, "chunk-device")
+    device.subscribe(topics.device_chunks("dev-c"))
+    yield server, device, model, sha
+    server.close()
+    device.close()
+    client.disconnect()
+    client.loop_stop()
+
+
+def _chunks(device):
+    return [ArtifactChunk.from_bytes(p) for _, p in device.received]
+
+
+def test_serves_every_chunk_then_only_missing_ones(served):
+    server, device, model, sha = served
+    size = model.stat().st_size
+    total = -(-size // 1024)
+    server.handle(ChunkRequest("dev-c", sha, chunk_size=1024))
+    assert wait_for(lambda: len(device.received) == total, 10)
+    chunks = sorted(_chunks(device), key=lambda c: c.index)
+    assert b"".join(c.data for c in chunks) == model.read_bytes()
+    assert {c.total for c in chunks} == {total} and {c.size_bytes for c in chunks} == {size}
+    device.received.clear()
+    server.handle(ChunkRequest("dev-c", sha, indices=(1, 0, 1, 999), chunk_size=1024))  # resume
+    assert wait_for(lambda: len(device.received) == 2, 10)
+    assert sorted(c.index for c in _chunks(device)) == [0, 1]
+    assert server.chunks_served == total + 2
+
+
+def test_unknown_tampered_and_silly_requests_are_refused(served):
+    server, device, model, sha = served
+    assert server.serve(ChunkRequest("dev-c", "e" * 64, chunk_size=1024)) == 0
+    assert server.serve(ChunkRequest("dev-c", sha, chunk_size=10)) == 0  # below the minimum chunk size
+    with open(model, "ab") as fh:
+        fh.write(b"tampered")
+    assert server.serve(ChunkRequest("dev-c", sha, chunk_size=1024)) == 0
+    assert server.refused == 3 and device.received == []
