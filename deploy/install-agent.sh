@@ -160,7 +160,8 @@ fi
 TAG_LIST=()
 IFS=',' read -r -a RAW_TAGS <<<"$TAGS"
 for tag in ${RAW_TAGS[@]+"${RAW_TAGS[@]}"}; do
-  tag=$(echo "$tag" | tr -d '[:space:]')
+  tag=${tag#"${tag%%[![:space:]]*}"}  # trim leading and trailing blanks
+  tag=${tag%"${tag##*[![:space:]]}"}
   [ -n "$tag" ] || continue
   [[ "$tag" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] || die "invalid tag '$tag'"
   TAG_LIST+=("$tag")
@@ -342,7 +343,7 @@ else  # --user '': the service runs as root (still sandboxed by the unit's other
 fi
 if [ "$DATA_DIR" != /var/lib/edgebench ]; then
   # StateDirectory= only knows /var/lib/<name>; a custom data dir is made writable explicitly.
-  sed -i -e "s#^StateDirectory=.*#ReadWritePaths=$DATA_DIR#" "$UNIT_TMP"
+  sed -i -e "s#^StateDirectory=.*#ReadWritePaths=$DATA_DIR#" -e "/^StateDirectoryMode=/d" "$UNIT_TMP"
 fi
 install -m 0644 "$UNIT_TMP" "$SYSTEMD_DIR/$UNIT"
 rm -f "$UNIT_TMP"
