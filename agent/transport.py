@@ -118,6 +118,8 @@ class MqttTransport:
         self.on_connected = on_connected
         self.on_error = on_error
         self.connected = threading.Event()
+        self.ready = threading.Event()  # connected and the subscriptions acknowledged (SUBACK)
+        self._sub_mid: int | None = None
         self.errors: deque[str] = deque(maxlen=100)
         self.connects = 0
         self._subscriptions: dict[str, int] = {}
@@ -162,6 +164,7 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def start(self) -> None:
@@ -178,7 +181,8 @@ class MqttTransport:
         self._pump.start()
 
     def wait_connected(self, timeout_s: float) -> bool:
-        return self.connected.wait(timeout_s)
+        """Wait until connected and subscribed (SUBACK received)."""
+        return self.ready.wait(timeout_s)
 
     def stop(self, flush_timeout_s: float = 0.0) -> bool:
         """Flush the outbox for up to ``flush_timeout_s``, disconnect, stop threads. True if all flushed."""
@@ -190,6 +194,7 @@ class MqttTransport:
         self._client.disconnect()
         self._client.loop_stop()
         self.connected.clear()
+        self.ready.clear()
         return flushed
 
     def kill(self) -> None:
@@ -207,7 +212,14 @@ class MqttTransport:
         for topic in topics:
             self._subscriptions[topic] = qos
         if self.connected.is_set():
-            self._client.subscribe([(t, q) for t, q in self._subscriptions.items()])
+            self._subscribe_all(self._client)
+
+    def _subscribe_all(self, client: mqtt.Client) -> None:
+        if not self._subscriptions:
+            self.ready.set()
+            return
+        _rc, mid = client.subscribe([(t, q) for t, q in self._subscriptions.items()])
+        self._sub_mid = mid
 
     def check_size(self, topic: str, payload: bytes) -> None:
         if len(payload) > self.max_payload_bytes:
@@ -322,16 +334,23 @@ class MqttTransport:
         if limit:
             self.max_payload_bytes = min(self.settings.max_payload_kb * 1024, int(limit) - 1024)
         self.connects += 1
-        if self._subscriptions:
-            client.subscribe([(t, q) for t, q in self._subscriptions.items()])
+        self._subscribe_all(client)
         log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port, flags)
         self.connected.set()
         self._wake.set()
         if self.on_connected is not None:
             self.on_connected()
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for topic, code in zip(self._subscriptions, reason_codes, strict=False):
+            if code.is_failure:
+                self._error(f"broker refused subscription to {topic}: {describe(code)}")
+        if mid == self._sub_mid:
+            self.ready.set()
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self.ready.clear()
         if not self._stop.is_set():
             log.warning("disconnected from broker: %s", reason_code)
 

@@ -126,7 +126,7 @@ def acl_broker(tmp_path):
         workdir=work,
         port=free_port(),
         allow_anonymous=False,
-        extra_config=["user root", f"password_file {passwd}", f"acl_file {acl}"],  # root: read tmp files
+        extra_config=[f"password_file {passwd}", f"acl_file {acl}"],
     ).start()
     yield broker
     broker.stop()
