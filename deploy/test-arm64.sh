@@ -50,9 +50,10 @@ say() { printf '== [%(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { echo "test-arm64: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"
-for cmd in debootstrap chroot mount umount mountpoint mosquitto_sub; do
-  command -v "$cmd" >/dev/null || die "missing '$cmd' (apt-get install debootstrap mosquitto-clients)"
+for cmd in debootstrap chroot mount umount mountpoint; do
+  command -v "$cmd" >/dev/null || die "missing '$cmd' (apt-get install debootstrap)"
 done
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || die "missing mosquitto (apt-get install mosquitto)"
 QEMU=$(command -v qemu-aarch64-static || true)
 [ -n "$QEMU" ] || die "missing qemu-aarch64-static (apt-get install qemu-user-static binfmt-support)"
 
@@ -212,19 +213,25 @@ mount_work
 say "inside the root: $(in_root uname -m), $(in_root python3 --version), $(in_root grep -m1 'CPU part' /proc/cpuinfo)"
 
 # --- install the agent --------------------------------------------------------------------------------------
+BROKER_PORT=$("$PYTHON" -c "import sys; sys.path.insert(0, '$REPO'); from edgebench.broker import free_port; print(free_port())")
+rm -rf "$CACHE/keys" "$CACHE/broker"
+"$PYTHON" -c "import sys; sys.path.insert(0, '$REPO'); from agent.signing import generate_keypair; generate_keypair('$CACHE/keys', 'collector')"
+cp "$CACHE/keys/collector.pub" "$WORK/tmp/collector.pub"
+INSTALL=(bash /src/deploy/install-agent.sh --no-start --from /src --device-id "$DEVICE_ID" --tags qemu,arm64
+  --broker-host 127.0.0.1 --broker-port "$BROKER_PORT" --trusted-key /tmp/collector.pub)
 say "install-agent.sh --no-start inside the root (from /src as a path)"
 t0=$SECONDS
-in_root bash /src/deploy/install-agent.sh --no-start --from /src --device-id "$DEVICE_ID" \
-  --tags qemu,arm64 --broker-host 127.0.0.1 --broker-port 1883
+in_root "${INSTALL[@]}"
 say "installed in $((SECONDS - t0)) s"
-# Idempotent: a second run reuses the venv and rewrites the same config.
-in_root bash /src/deploy/install-agent.sh --no-start --from /src --device-id "$DEVICE_ID" \
-  --tags qemu,arm64 --broker-host 127.0.0.1 --broker-port 1883 >/dev/null
+# Idempotent: a second run reuses the venv and writes the same config (no agent.toml.bak appears).
+t0=$SECONDS
+in_root "${INSTALL[@]}" >/dev/null
+in_root test ! -e /etc/edgebench/agent.toml.bak || die "a re-run with the same flags changed the config"
+say "re-run (idempotent) in $((SECONDS - t0)) s"
 in_root test -f /etc/systemd/system/edgebench-agent.service || die "systemd unit not installed"
 in_root test -L /etc/systemd/system/multi-user.target.wants/edgebench-agent.service \
   || die "systemd unit not enabled"
 in_root edgebench --version
-in_root python3 -c 'import sys; sys.exit(0)'
 in_root /opt/edgebench/venv/bin/python - <<'PY' || die "the agent venv has a forbidden or missing package"
 import importlib.util, platform
 assert platform.machine() == "aarch64", platform.machine()
@@ -245,8 +252,10 @@ make_mlp_onnx(Path('$WORK/tmp/models/tiny_mlp.onnx'))
 cp "$REPO/tests/data/tiny_mlp.tflite" "$WORK/tmp/models/tiny_mlp.tflite"
 for model in tiny_mlp.onnx tiny_mlp.tflite; do
   say "edgebench bench /tmp/models/$model (aarch64, emulated: timings meaningless)"
-  in_root timeout "$TIMEOUT_S" edgebench bench "/tmp/models/$model" --preset quick --json \
-    >"$WORK/tmp/bench-$model.json" || die "edgebench bench $model failed"
+  in_root timeout "$TIMEOUT_S" edgebench bench "/tmp/models/$model" --quick --threads 1,2 --json \
+    >"$WORK/tmp/bench-$model.json" 2>"$WORK/tmp/bench-$model.txt" \
+    || { cat "$WORK/tmp/bench-$model.txt" >&2; die "edgebench bench $model failed"; }
+  sed 's/^/    /' "$WORK/tmp/bench-$model.txt"
   "$PYTHON" - "$WORK/tmp/bench-$model.json" <<'PY' || die "bench output for $model is not a set of ok results"
 import json, sys
 text = open(sys.argv[1]).read()
@@ -256,19 +265,20 @@ assert records, "no records"
 for r in records:
     assert r["status"] == "ok", r.get("error")
     assert r["device"]["arch"] in ("aarch64", "arm64"), r["device"]["arch"]
-    print(f"  {r['artifact']['format']:7s} threads={r['threads']} p50={r['latency']['p50_ms']:.3f} ms "
-          f"(emulated) n={r['latency']['n']} arch={r['device']['arch']}")
+    print(f"  {r['artifact']['format']:7s} threads={r['config']['threads']} p50={r['latency']['p50_ms']:.3f} ms "
+          f"(emulated) n={r['latency']['n']} arch={r['device']['arch']} runtime={r['config']['runtime']}")
 PY
 done
 
 # --- the agent service against a mosquitto on the host's loopback ------------------------------------------
-say "edgebench agent run inside the root, mosquitto on the host loopback"
-"$PYTHON" "$REPO/deploy/arm64_agent_check.py" --root "$WORK" --device-id "$DEVICE_ID" \
-  --model "$WORK/tmp/models/tiny_mlp.onnx" --timeout "$TIMEOUT_S" \
-  -- chroot "$WORK" /usr/bin/env -i \
+# The agent runs from the config install-agent.sh wrote (broker port and trusted key set at install time).
+say "edgebench agent run inside the root -> mosquitto on the host loopback :$BROKER_PORT, one signed job"
+"$PYTHON" "$REPO/deploy/arm64_agent_check.py" --port "$BROKER_PORT" --workdir "$CACHE/broker" \
+  --device-id "$DEVICE_ID" --model "$WORK/tmp/models/tiny_mlp.onnx" --signing-key "$CACHE/keys/collector.key" \
+  --timeout "$TIMEOUT_S" -- chroot "$WORK" /usr/bin/env -i \
   PATH=/opt/edgebench/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   HOME=/root LANG=C.UTF-8 QEMU_CPU=cortex-a76 \
-  edgebench agent run --config /etc/edgebench/agent.toml \
+  /opt/edgebench/venv/bin/edgebench agent run --config /etc/edgebench/agent.toml \
   || die "the agent did not deliver a result"
 
 say "arm64 check passed"
