@@ -9,7 +9,8 @@ Layout (every key optional; see :class:`AgentConfig` for defaults)::
                 username password password_file session_expiry_s max_payload_kb
                 reconnect_min_s reconnect_max_s client_id
     [outbox]    max_rows inflight
-    [jobs]      trusted_keys cache_mb max_artifact_mb max_job_s chunk_size chunk_timeout_s chunk_retries
+    [jobs]      trusted_keys cache_mb max_artifact_mb max_job_s max_threads chunk_size chunk_timeout_s
+                chunk_retries
     [heartbeat] interval_s
 
 Everything is validated when loaded; a mistake raises :class:`ConfigError` with one clear line that
@@ -93,6 +94,7 @@ class JobsSettings:
     cache_mb: float = 2048
     max_artifact_mb: float = 512
     max_job_s: float = 3600
+    max_threads: int = 0  # 0: no limit; else runtime threads are capped at this (also the default)
     chunk_size: int = 256 * 1024
     chunk_timeout_s: float = 10.0  # no chunk for this long: ask again for the missing ones
     chunk_retries: int = 5
@@ -303,6 +305,8 @@ def _check(c: AgentConfig) -> None:
         raise ConfigError(f"[jobs] chunk_size: must be 1024..{b.max_payload_kb * 1024} bytes")
     if j.chunk_retries < 0:
         raise ConfigError("[jobs] chunk_retries: must be >= 0")
+    if j.max_threads < 0:
+        raise ConfigError("[jobs] max_threads: must be >= 0 (0: no limit)")
     if c.heartbeat.interval_s <= 0:
         raise ConfigError("[heartbeat] interval_s: must be > 0")
 

@@ -20,6 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,19 @@ class AgentError(Exception):
 
 
 def run_measurement(
-    path: Path, job: Job, ref: ArtifactRef, device: DeviceInfo, cancel: threading.Event
+    path: Path,
+    job: Job,
+    ref: ArtifactRef,
+    device: DeviceInfo,
+    cancel: threading.Event,
+    *,
+    max_threads: int = 0,
 ) -> list[ResultRecord]:
-    """The one place the service calls the measurement engine (imported only when a job runs)."""
+    """The one place the service calls the measurement engine (imported only when a job runs).
+
+    ``max_threads`` is the device's own limit ([jobs] max_threads): a job asking for more threads, or
+    for the runtime's default, runs with at most that many.
+    """
     from agent.bench import BenchOptions, run_benchmark
 
     artifact = ArtifactInfo(
@@ -72,6 +83,9 @@ def run_measurement(
         variant=ref.variant,
     )
     options = BenchOptions.from_settings(job.settings)
+    if max_threads > 0:
+        capped = tuple(sorted({min(t, max_threads) for t in options.threads})) or (max_threads,)
+        options = replace(options, threads=capped)
     return run_benchmark(path, options, device=device, artifact=artifact, job_id=job.job_id, cancel=cancel)
 
 
@@ -82,7 +96,7 @@ class AgentService:
         self.config = config
         self.device_id = config.device_id
         self.device = device
-        self.runner = runner or run_measurement
+        self.runner = runner or partial(run_measurement, max_threads=config.jobs.max_threads)
         self.stopping = threading.Event()
         self.errors: deque[str] = deque(maxlen=200)
         self.current_job: str | None = None

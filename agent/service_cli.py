@@ -29,6 +29,7 @@ def _config_options(f):
         click.option("--username", default=None, help="Overrides [broker] username."),
         click.option("--password", default=None, help="Overrides [broker] password."),
         click.option("--trusted-key", "trusted_keys", multiple=True, help="Public key file (repeatable)."),
+        click.option("--max-threads", default=None, type=int, help="Overrides [jobs] max_threads (0: none)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -36,7 +37,7 @@ def _config_options(f):
 
 
 def _load(config_path, device_id, tags, data_dir, broker_host, broker_port, mqtt_version, username, password,
-          trusted_keys):  # fmt: skip
+          trusted_keys, max_threads):  # fmt: skip
     if config_path is None and DEFAULT_CONFIG_PATH.exists():
         config_path = DEFAULT_CONFIG_PATH
     overrides = {
@@ -49,6 +50,7 @@ def _load(config_path, device_id, tags, data_dir, broker_host, broker_port, mqtt
         "broker.username": username,
         "broker.password": password,
         "jobs.trusted_keys": ",".join(trusted_keys) if trusted_keys else None,
+        "jobs.max_threads": max_threads,
     }
     try:
         return load_config(config_path, overrides=overrides)

@@ -264,3 +264,27 @@ def test_malformed_job_message_reported(fresh_mosquitto, peer, agent_factory):
     peer.client.publish(topics.device_jobs(DEVICE), f'{{"kind":"job","job_id":"{job_id}"}}', qos=1)
     assert wait_until(lambda: peer.event(job_id, "rejected"), 10)
     assert "malformed" in peer.event(job_id, "rejected").detail
+
+
+def test_max_threads_caps_what_a_job_asks(tiny_mlp_onnx):
+    """A device's [jobs] max_threads caps a sweep and replaces the runtime default."""
+    import threading as _threading
+
+    from agent.artifacts import file_sha256
+    from agent.facts import device_info
+    from agent.schema import ArtifactRef, BenchSettings, Job, new_id, utc_now
+    from agent.service import run_measurement
+
+    ref = ArtifactRef(
+        name="m.onnx",
+        sha256=file_sha256(tiny_mlp_onnx),
+        size_bytes=tiny_mlp_onnx.stat().st_size,
+        format="onnx",
+    )
+    quick = dict(preset="quick", min_runs=5, min_time_s=0.01, max_time_s=1.0)
+    device = device_info("cap-test")
+    for asked, expected in [((1, 2, 4), [1, 2]), ((), [2])]:
+        job = Job(new_id(), utc_now(), "all", (ref,), BenchSettings(threads=asked, **quick))
+        records = run_measurement(tiny_mlp_onnx, job, ref, device, _threading.Event(), max_threads=2)
+        assert [r.config.threads for r in records] == expected
+        assert all(r.status == "ok" for r in records)
