@@ -217,6 +217,27 @@ def convert(
 
     log("[fp32] reference")
     reference = record("fp32", ref_path, "onnx", "fp32", ())
+    source_info = SourceInfo(
+        name=display,
+        path=str(model),
+        sha256=file_sha256(Path(model)) if src_format == "onnx" else reference.sha256,
+        format=src_format,
+    )
+
+    def save() -> tuple[Path, Manifest]:
+        """Written after every step, so an interrupted run keeps its partial results."""
+        manifest = Manifest(
+            created_at=utc_now(),
+            source=source_info,
+            validation=ValidationInfo(
+                dataset=val_data.name, n=val_data.n, has_labels=val_data.labels is not None
+            ),
+            max_accuracy_drop=max_accuracy_drop,
+            artifacts=tuple(artifacts),
+            recommended=recommend(artifacts, max_accuracy_drop),
+        )
+        return write_manifest(manifest, out / "manifest.json"), manifest
+
     bases: dict[str, passes.Model] = {}
     chains: dict[str, tuple[PassRecord, ...]] = {}
     for i, step in enumerate(steps, 1):
@@ -271,22 +292,8 @@ def convert(
                     error=reason,
                 )
             )
-    manifest = Manifest(
-        created_at=utc_now(),
-        source=SourceInfo(
-            name=display,
-            path=str(model),
-            sha256=file_sha256(Path(model)) if src_format == "onnx" else reference.sha256,
-            format=src_format,
-        ),
-        validation=ValidationInfo(
-            dataset=val_data.name, n=val_data.n, has_labels=val_data.labels is not None
-        ),
-        max_accuracy_drop=max_accuracy_drop,
-        artifacts=tuple(artifacts),
-        recommended=recommend(artifacts, max_accuracy_drop),
-    )
-    path = write_manifest(manifest, out / "manifest.json")
+        save()
+    path, manifest = save()
     shutil.rmtree(work, ignore_errors=True)
     return ConvertResult(path, manifest, reference, memory, notes)
 
