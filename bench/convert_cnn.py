@@ -2,7 +2,8 @@
 shipped digits CNN through the default recipe; prints each artifact's size ratio and latency ratio against
 fp32 ONNX Runtime and the accuracy delta, all measured in one run.
 
-    python bench/convert_cnn.py [--models resnet18,mobilenetv2,digits] [--latency-s 5] [--rounds 5] [--out DIR]
+    python bench/convert_cnn.py [--models resnet18,mobilenetv2,digits] [--latency-s 5] [--rounds 5]
+                                [--out DIR]
 
 Targets (2-core host): ResNet-18 best artifact >= 3.9x smaller and >= 3x faster; MobileNetV2 >= 3.5x
 smaller and >= 1.8x faster; digits accuracy drop <= 1.0 point. Random-init models have no labels: their
