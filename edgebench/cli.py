@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("collector.fleet_cli:fleet_group", "collector"),
     "report": ("collector.report_cli:report_group", "collector"),
     "convert": ("converter.cli:convert", "converter"),
-    "demo": ("edgebench.demo:demo", "all"),
+    "demo": ("edgebench.demo_cli:demo", "all"),
 }
 
 
