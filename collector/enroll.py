@@ -167,7 +167,7 @@ def enroll_device(
 
     ca_arg = str(ca_file) if ca_file else None
     key_arg = str(trusted_key) if trusted_key else None
-    script = str(DEPLOY_DIR / "install-agent.sh")
+    script = "./install-agent.sh"
     if bundle_dir is not None:
         bundle_dir = Path(bundle_dir)
         bundle_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,6 @@ def enroll_device(
         if (DEPLOY_DIR / "install-agent.sh").is_file():
             shutil.copy2(DEPLOY_DIR / "install-agent.sh", bundle_dir / "install-agent.sh")
             shutil.copytree(DEPLOY_DIR / "systemd", bundle_dir / "systemd", dirs_exist_ok=True)
-            script = "./install-agent.sh"
     command = install_command(
         device_id,
         broker_host=broker_host,
@@ -267,5 +266,5 @@ def enroll(
     if result.bundle_dir is not None:
         click.echo(f"copy {result.bundle_dir} to the device and run inside it:")
     else:
-        click.echo("on the device, run:")
+        click.echo(f"copy install-agent.sh and systemd/ from {DEPLOY_DIR} to the device; there run:")
     click.echo(f"  {result.install_command}")
