@@ -1,10 +1,13 @@
-"""Host side of deploy/test-arm64.sh's agent check (run with the host's python, from the repository).
+"""Host side of deploy/test-arm64.sh (run with the host's python, from the repository).
 
-Starts a mosquitto on the host's loopback (the arm64 root shares the host's network), connects a small
-collector stand-in (tests/support/fleet_peer.py: serves model chunks, signs and sends jobs), starts the
-agent command given after ``--`` (the emulated `edgebench agent run` inside the root), sends it one signed
-job for ``--model`` and waits until a ResultRecord from an aarch64 device arrives. The agent and the broker
-are stopped by their PIDs. Exit 0 on success.
+``prepare``: a test CA and server certificate (for 127.0.0.1) and the collector's broker password.
+``run``: starts mosquitto on the host's loopback with the production config deploy/mosquitto/edgebench.conf
+(TLS listener, password file, ACL; only paths and ports rewritten, as in tests/test_deploy_mosquitto.py),
+connects a small collector stand-in as user edgebench-collector on the plain loopback listener
+(tests/support/fleet_peer.py: serves model chunks, signs and sends jobs), starts the agent command given
+after ``--`` (the emulated `edgebench agent run` inside the arm64 root, which connects over TLS with its
+enrolled password), sends it one signed job for ``--model`` and waits for a ResultRecord from an aarch64
+device. The agent and the broker are stopped by their PIDs. Exit 0 on success.
 """
 
 from __future__ import annotations
@@ -20,29 +23,41 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from agent.schema import BenchSettings  # noqa: E402
-from edgebench.broker import MosquittoBroker  # noqa: E402
+from collector.enroll import generate_password, set_password  # noqa: E402
 from tests.support.fleet_peer import FleetPeer, wait_until  # noqa: E402
+from tests.test_deploy_mosquitto import Certs, ProductionBroker, make_certs  # noqa: E402
+
+COLLECTOR = "edgebench-collector"
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--device-id", required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--signing-key", type=Path, required=True)
-    parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("agent", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    command = args.agent[1:] if args.agent[:1] == ["--"] else args.agent
-    if not command:
-        parser.error("give the agent command after --")
+def prepare(workdir: Path) -> int:
+    make_certs(workdir / "tls")
+    password = generate_password()
+    set_password(workdir / "edgebench.passwd", COLLECTOR, password)
+    (workdir / "collector.password").write_text(password + "\n")
+    return 0
 
-    broker = MosquittoBroker(workdir=args.workdir, port=args.port).start()
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    tls = args.workdir / "tls"
+    broker = ProductionBroker(
+        workdir=args.workdir / "mosquitto",
+        port=args.plain_port,
+        tls_port=args.tls_port,
+        certs=Certs(
+            ca=tls / "edgebench-test-ca.crt",
+            server_cert=tls / "server.crt",
+            server_key=tls / "server.key",
+            other_ca=tls / "someone-else-ca.crt",
+        ),
+        password_file=args.workdir / "edgebench.passwd",
+    ).start()
     agent: subprocess.Popen | None = None
     log_path = args.workdir / "agent.log"
     try:
-        with FleetPeer(broker.host, broker.port) as peer, open(log_path, "wb") as log:
+        peer = FleetPeer(broker.host, broker.port)
+        peer.client.username_pw_set(COLLECTOR, (args.workdir / "collector.password").read_text().strip())
+        with peer, open(log_path, "wb") as log:
             t0 = time.monotonic()
             agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             online = wait_until(
@@ -53,15 +68,16 @@ def main(argv: list[str]) -> int:
             if not online:
                 print(f"the agent did not come online in {args.timeout:.0f} s", file=sys.stderr)
                 return 1
-            print(f"  agent online after {time.monotonic() - t0:.0f} s (emulated)")
+            print(f"  agent online over TLS after {time.monotonic() - t0:.0f} s (emulated)")
             ref = peer.add_artifact(args.model)
             settings = BenchSettings(
                 preset="quick", min_runs=5, min_time_s=0.05, max_time_s=2.0, threads=(1,)
             )
             job = peer.make_job([ref], f"device:{args.device_id}", settings)
             peer.send_job(job, args.signing_key, args.device_id)
-            done = wait_until(lambda: peer.event(job.job_id, "done") or peer.event(job.job_id, "failed"),
-                              args.timeout, 0.2)  # fmt: skip
+            done = wait_until(
+                lambda: peer.event(job.job_id, "done") or peer.event(job.job_id, "failed"), args.timeout, 0.2
+            )
             states = peer.states(job.job_id)
             if not done or not peer.results:
                 print(f"no result within {args.timeout:.0f} s; job states {states}", file=sys.stderr)
@@ -69,9 +85,8 @@ def main(argv: list[str]) -> int:
             record = peer.results[0]
             print(
                 f"  job {states}; result {record.result_id}: status {record.status}, "
-                f"arch {record.device.arch}, board {record.device.board}, "
-                f"p50 {record.latency.p50_ms if record.latency else None} ms (emulated), "
-                f"runtime {record.config.runtime} {record.config.runtime_version}"
+                f"arch {record.device.arch}, p50 {record.latency.p50_ms if record.latency else None} ms "
+                f"(emulated), runtime {record.config.runtime} {record.config.runtime_version}"
             )
             if record.status != "ok" or record.device.arch not in ("aarch64", "arm64"):
                 print(f"unexpected result: status {record.status}, error {record.error}", file=sys.stderr)
@@ -89,6 +104,28 @@ def main(argv: list[str]) -> int:
         if agent is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             print("  agent log (last lines):\n    " + "\n    ".join(tail))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action", choices=["prepare", "run"])
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--tls-port", type=int, default=0)
+    parser.add_argument("--plain-port", type=int, default=0)
+    parser.add_argument("--device-id", default="")
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--signing-key", type=Path)
+    parser.add_argument("--timeout", type=float, default=900)
+    command: list[str] = []
+    if "--" in argv:
+        argv, command = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    args = parser.parse_args(argv)
+    if args.action == "prepare":
+        return prepare(args.workdir)
+    needed = (command, args.tls_port, args.plain_port, args.device_id, args.model, args.signing_key)
+    if not all(needed):
+        parser.error("run needs --tls-port, --plain-port, --device-id, --model, --signing-key and -- COMMAND")
+    return run(args, command)
 
 
 if __name__ == "__main__":

@@ -213,19 +213,30 @@ mount_work
 say "inside the root: $(in_root uname -m), $(in_root python3 --version), $(in_root grep -m1 'CPU part' /proc/cpuinfo)"
 
 # --- install the agent --------------------------------------------------------------------------------------
-BROKER_PORT=$("$PYTHON" -c "import sys; sys.path.insert(0, '$REPO'); from edgebench.broker import free_port; print(free_port())")
-rm -rf "$CACHE/keys" "$CACHE/broker"
+# The real path: enroll the device on the "broker host" (credentials in the broker's password file, a bundle
+# with the CA, the collector's public key and the install script), then run the printed command on it.
+FREE_PORT="import sys; sys.path.insert(0, '$REPO'); from edgebench.broker import free_port; print(free_port())"
+TLS_PORT=$("$PYTHON" -c "$FREE_PORT")
+PLAIN_PORT=$("$PYTHON" -c "$FREE_PORT")
+BROKER_DIR="$CACHE/broker"
+rm -rf "$CACHE/keys" "$BROKER_DIR"
+mkdir -p "$BROKER_DIR"
 "$PYTHON" -c "import sys; sys.path.insert(0, '$REPO'); from agent.signing import generate_keypair; generate_keypair('$CACHE/keys', 'collector')"
-cp "$CACHE/keys/collector.pub" "$WORK/tmp/collector.pub"
-INSTALL=(bash /src/deploy/install-agent.sh --no-start --from /src --device-id "$DEVICE_ID" --tags qemu,arm64
-  --broker-host 127.0.0.1 --broker-port "$BROKER_PORT" --trusted-key /tmp/collector.pub)
-say "install-agent.sh --no-start inside the root (from /src as a path)"
+"$PYTHON" "$REPO/deploy/arm64_agent_check.py" prepare --workdir "$BROKER_DIR"
+say "edgebench fleet enroll $DEVICE_ID (bundle in the root's /tmp/bundle)"
+"$PYTHON" -m edgebench fleet enroll "$DEVICE_ID" --broker-host 127.0.0.1 --broker-port "$TLS_PORT" \
+  --ca-file "$BROKER_DIR/tls/edgebench-test-ca.crt" --trusted-key "$CACHE/keys/collector.pub" \
+  --tags qemu,arm64 --password-file "$BROKER_DIR/edgebench.passwd" --from /src --bundle "$WORK/tmp/bundle" \
+  >"$CACHE/enroll.txt" || { cat "$CACHE/enroll.txt" >&2; die "fleet enroll failed"; }
+INSTALL_CMD=$(grep '^  sudo ./install-agent.sh ' "$CACHE/enroll.txt" | sed 's/^  sudo //') \
+  || die "fleet enroll printed no install command"
+say "install inside the root: $(sed -E 's/--password [^ ]+/--password ***/' <<<"$INSTALL_CMD") --no-start"
 t0=$SECONDS
-in_root "${INSTALL[@]}"
+in_root bash -c "cd /tmp/bundle && $INSTALL_CMD --no-start"
 say "installed in $((SECONDS - t0)) s"
 # Idempotent: a second run reuses the venv and writes the same config (no agent.toml.bak appears).
 t0=$SECONDS
-in_root "${INSTALL[@]}" >/dev/null
+in_root bash -c "cd /tmp/bundle && $INSTALL_CMD --no-start" >/dev/null
 in_root test ! -e /etc/edgebench/agent.toml.bak || die "a re-run with the same flags changed the config"
 say "re-run (idempotent) in $((SECONDS - t0)) s"
 in_root test -f /etc/systemd/system/edgebench-agent.service || die "systemd unit not installed"
@@ -272,8 +283,8 @@ done
 
 # --- the agent service against a mosquitto on the host's loopback ------------------------------------------
 # The agent runs from the config install-agent.sh wrote (broker port and trusted key set at install time).
-say "edgebench agent run inside the root -> mosquitto on the host loopback :$BROKER_PORT, one signed job"
-"$PYTHON" "$REPO/deploy/arm64_agent_check.py" --port "$BROKER_PORT" --workdir "$CACHE/broker" \
+say "edgebench agent run inside the root -> production mosquitto (TLS :$TLS_PORT, password, ACL) on the host loopback"
+"$PYTHON" "$REPO/deploy/arm64_agent_check.py" run --tls-port "$TLS_PORT" --plain-port "$PLAIN_PORT" --workdir "$BROKER_DIR" \
   --device-id "$DEVICE_ID" --model "$WORK/tmp/models/tiny_mlp.onnx" --signing-key "$CACHE/keys/collector.key" \
   --timeout "$TIMEOUT_S" -- chroot "$WORK" /usr/bin/env -i \
   PATH=/opt/edgebench/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -97,7 +97,13 @@ class Certs:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Certs:
-    d = tmp_path_factory.mktemp("certs")
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def make_certs(d: Path) -> Certs:
+    """A test CA, a server certificate for localhost/127.0.0.1 signed by it, and an unrelated CA.
+    (Also used by deploy/arm64_agent_check.py.)"""
+    d.mkdir(parents=True, exist_ok=True)
     ca_path, ca_key, ca_cert = make_ca(d, "edgebench-test-ca")
     other_ca, _, _ = make_ca(d, "someone-else-ca")
     key = ec.generate_private_key(ec.SECP256R1())
