@@ -26,6 +26,7 @@
 # Service:
 #   --no-start            install and enable the unit, but do not start it (images, chroots, tests)
 #   --no-enable           do not enable the unit either     --uninstall [--purge (config, data and user too)]
+#   --keep-config         upgrade only: keep the existing agent.toml and secrets (config flags are ignored)
 set -euo pipefail
 
 PREFIX=/opt/edgebench
@@ -54,6 +55,7 @@ PASSWORD_FILE=""
 TRUSTED_KEYS=()
 NO_START=0
 NO_ENABLE=0
+KEEP_CONFIG=0
 UNINSTALL=0
 PURGE=0
 UNIT=edgebench-agent.service
@@ -90,10 +92,11 @@ while [ $# -gt 0 ]; do
     --password-file) need_arg "$@"; PASSWORD_FILE=$2; shift ;;
     --trusted-key) need_arg "$@"; TRUSTED_KEYS+=("$2"); shift ;;
     --no-start) NO_START=1 ;;
+    --keep-config) KEEP_CONFIG=1 ;;
     --no-enable) NO_ENABLE=1; NO_START=1 ;;
     --uninstall) UNINSTALL=1 ;;
     --purge) PURGE=1 ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -229,6 +232,10 @@ fi
 install -d -m 0755 "$CONFIG_DIR"
 install -d -m 0750 -o "${SERVICE_USER:-root}" -g "$GROUP" "$DATA_DIR"
 
+if [ "$KEEP_CONFIG" = 1 ]; then
+  [ -f "$CONFIG" ] || die "--keep-config: there is no $CONFIG yet"
+  say "keeping $CONFIG (--keep-config)"
+else
 # --- credentials and keys ----------------------------------------------------------------------------------
 copy_secret() {  # src dest mode
   local tmp
@@ -321,10 +328,12 @@ if [ -f "$CONFIG" ] && ! cmp -s "$CONFIG" "$NEW_CONFIG"; then
 fi
 mv -f "$NEW_CONFIG" "$CONFIG"
 trap - EXIT
+say "wrote $CONFIG (device $DEVICE_ID, broker $BROKER_HOST:$BROKER_PORT, tls $([ "$TLS" = 1 ] && echo on || echo off))"
+fi
+
 # The agent validates its own config (files exist, ids valid, ports in range) before anything is enabled.
 "$VENV/bin/python" -c 'import sys; from agent.config import load_config; load_config(sys.argv[1], env={})' \
-  "$CONFIG" || die "the written config does not load: $CONFIG"
-say "wrote $CONFIG (device $DEVICE_ID, broker $BROKER_HOST:$BROKER_PORT, tls $([ "$TLS" = 1 ] && echo on || echo off))"
+  "$CONFIG" || die "the config does not load: $CONFIG"
 
 # --- systemd unit ------------------------------------------------------------------------------------------
 UNIT_SRC="$HERE/systemd/$UNIT"

@@ -32,7 +32,7 @@ REBUILD=0
 DEVICE_ID=arm64-qemu
 TIMEOUT_S=${EDGEBENCH_ARM64_TIMEOUT:-900}
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in

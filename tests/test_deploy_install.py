@@ -196,6 +196,13 @@ def test_rerun_is_idempotent_and_keeps_the_old_config(installed):
         "ca.crt",
         "keys",
     ]
+    # An upgrade that passes only the locations keeps the configuration as it is.
+    config = (installed.etc / "agent.toml").read_text()
+    where = [a for a in installed.args if a not in ("--tls",)]
+    where = where[: where.index("--device-id")]  # --no-start, --from, locations
+    upgrade = run_script(*where, "--keep-config")
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert "keeping" in upgrade.stdout and (installed.etc / "agent.toml").read_text() == config
 
 
 def test_uninstall_then_purge(installed, tmp_path):
