@@ -16,6 +16,7 @@ are batch 1, all cores, timed in --rounds interleaved rounds (min over rounds of
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -137,11 +138,14 @@ def interleaved_latency(result, rounds: int, budget_s: float) -> dict[str, float
         val_path = digits_paths().val
     feed = {k: v[:1] for k, v in load_dataset(val_path, specs).inputs.items()}
     arts = [a for a in result.manifest.artifacts if a.status == "ok"]
-    runners = {a.name: runner_for(a.path(result.manifest_path), list(feed))[0] for a in arts}
     best: dict[str, float] = {}
     for _ in range(rounds):
         for a in arts:
-            ms = latency_ms(runners[a.name], feed, budget_s)
+            # one live session at a time: ORT's idle threads spin after a run and would slow the next one
+            run = runner_for(a.path(result.manifest_path), list(feed))[0]
+            ms = latency_ms(run, feed, budget_s)
+            del run
+            gc.collect()
             best[a.name] = min(best.get(a.name, ms), ms)
     return best
 
