@@ -37,6 +37,18 @@ def wait_for_port(host: str, port: int, timeout_s: float = 10.0) -> bool:
     return False
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+    """Stop a child we started, by its PID: ``sig`` first, SIGKILL if it is still there after the timeout."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)
+
+
 def mosquitto_path() -> str | None:
     found = shutil.which("mosquitto")
     if found:
@@ -122,14 +134,7 @@ class MosquittoBroker:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
         """Stop our broker by PID (SIGTERM saves persistence; SIGKILL simulates a crash)."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
+        stop_process(proc, sig, timeout_s)
 
     def restart(self) -> MosquittoBroker:
         """Stop and start again on the same port and persistence directory."""
@@ -198,14 +203,7 @@ class EmbeddedBroker:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
+        stop_process(proc, sig, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

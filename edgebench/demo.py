@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edgebench.broker import BrokerError, start_local_broker
+from edgebench.broker import BrokerError, start_local_broker, stop_process
 
 
 class DemoError(RuntimeError):
@@ -77,14 +77,7 @@ class _Child:
     log: Path
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=timeout_s)
+        stop_process(self.process, signal.SIGTERM, timeout_s)
 
     def tail(self, n: int = 1500) -> str:
         try:
