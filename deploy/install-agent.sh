@@ -176,7 +176,8 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     say "installing python3 and python3-venv with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null 2>&1 \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; }
   fi
   "$PY" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
     || die "need Python >= 3.10 with venv (Debian: apt-get install python3-venv)"

@@ -34,7 +34,7 @@ def play(inventory: Path, extra: Path, *more: str) -> subprocess.CompletedProces
         text=True,
         timeout=600,
         check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOST_KEY_CHECKING": "False"},
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "PYTHON": sys.executable},
     )
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,14 @@ EXCLUDE = {".git", "build", "dist", ".venv", "__pycache__", ".pytest_cache", ".r
 
 
 def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    # The venv is made from this interpreter, whose site-packages (--system-site-packages) hold the runtimes.
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
     )
 
 

@@ -311,6 +311,7 @@ def test_shipped_config_keeps_the_durability_settings():
     assert settings["allow_anonymous"] == "false"
     assert settings["autosave_on_changes"] == "true" and settings["autosave_interval"] == "1"
     assert int(settings["max_queued_messages"]) >= 100_000
+    assert int(settings["max_inflight_messages"]) >= 100  # agents keep 100 in flight
     assert re.fullmatch(r"\d+[hdwmy]", settings["persistent_client_expiration"])
     assert 1024 * 1024 < int(settings["max_packet_size"]) <= 16 * 1024 * 1024
     assert "certfile" in settings and "keyfile" in settings and settings["tls_version"] == "tlsv1.2"
