@@ -216,7 +216,7 @@ class Ingestor:
         self.shared_group = shared_group  # results arrive on $share/<group>/... (several workers)
         self.control = control  # status, events and chunk requests (one worker only)
         self.stats = IngestStats()
-        self._queue: queue.Queue[tuple[str, bytes, int, int, float]] = queue.Queue(maxsize=queue_max)
+        self._queue: queue.Queue[tuple[str, bytes, int, int, float, int]] = queue.Queue(maxsize=queue_max)
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._clock = clock
@@ -224,6 +224,7 @@ class Ingestor:
         self._rate_window: deque[tuple[float, int]] = deque()
         self._started_at = utc_now()
         self._writer_error: BaseException | None = None
+        self._generation = 0
         self.client = client_factory(config.broker, config.client_id, persistent=True, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -252,6 +253,7 @@ class Ingestor:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
+        self._generation += 1  # acks of messages from an earlier connection are never sent
         self.stats.connected = True
         log.info("connected (session present: %s)", getattr(flags, "session_present", None))
         client.subscribe(self._subscriptions())
@@ -265,10 +267,10 @@ class Ingestor:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
-        self._queue.put((msg.topic, msg.payload, msg.mid, msg.qos, self._clock()))
+        self._queue.put((msg.topic, msg.payload, msg.mid, msg.qos, self._clock(), self._generation))
 
     # -- writer thread
-    def _take_batch(self) -> list[tuple[str, bytes, int, int, float]]:
+    def _take_batch(self) -> list[tuple[str, bytes, int, int, float, int]]:
         try:
             first = self._queue.get(timeout=0.1)
         except queue.Empty:
@@ -324,7 +326,7 @@ class Ingestor:
                 parsed[i] = Parsed("dead", reason=f"store-error: {exc}")
                 self._write([parsed[i]], [topics_[i]], [payloads[i]], at)
 
-    def _process(self, batch: list[tuple[str, bytes, int, int, float]]) -> None:
+    def _process(self, batch: list[tuple[str, bytes, int, int, float, int]]) -> None:
         topics_ = [b[0] for b in batch]
         payloads = [b[1] for b in batch]
         parsed = [parse(t, p, self.config.max_payload_bytes) for t, p in zip(topics_, payloads, strict=True)]
@@ -346,8 +348,11 @@ class Ingestor:
                 inserted, duplicate = n, 0
                 break
         # Committed: now, and only now, acknowledge.
-        for _topic, _payload, mid, qos, _t in batch:
-            if qos:
+        generation = self._generation
+        for _topic, _payload, mid, qos, _t, gen in batch:
+            # A message from an earlier connection is redelivered on this one (same or new packet id)
+            # and its copy is absorbed by the primary key: acking the old mid could hit another message.
+            if qos and gen == generation:
                 self.client.ack(mid, qos)
         s = self.stats
         s.committed += len(batch)

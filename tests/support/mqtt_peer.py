@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,22 +35,17 @@ def db_count(db_path: Path, sql: str = "SELECT COUNT(*) FROM results", params: t
         conn.close()
 
 
-def mosquitto_pub_lines(
-    port: int, topic: str, lines: Iterable[str], *, host: str = "127.0.0.1"
-) -> subprocess.Popen:
-    """Start `mosquitto_pub -l` (QoS 1, MQTT v5) feeding it one message per line; returns the process."""
-    binary = shutil.which("mosquitto_pub")
-    assert binary, "mosquitto-clients is not installed"
-    proc = subprocess.Popen(
-        [binary, "-h", host, "-p", str(port), "-q", "1", "-V", "mqttv5", "-t", topic, "-l"],
-        stdin=subprocess.PIPE,
+def publisher(port: int, topic: str, lines: Iterable[str], work: Path) -> subprocess.Popen:
+    """A separate process publishing one QoS 1 message per line (tests/support/publish.py)."""
+    path = Path(work) / f"lines-{topic.replace('/', '_')}-{time.monotonic_ns()}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.publish", str(port), topic, str(path)],
+        cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdin is not None
-    proc.stdin.write(("\n".join(lines) + "\n").encode())
-    proc.stdin.close()
-    return proc
 
 
 class Peer:
