@@ -1,10 +1,11 @@
 """Ingest benchmark: (a) a bare paho subscriber draining N result messages from mosquitto vs
 (b) the collector storing the same N messages in SQLite (acknowledged after commit). One run.
 
-Both consumers get the *same* messages: two persistent sessions are created first, then several
-`mosquitto_pub -l` processes publish N records while both are offline, so mosquitto holds N queued
-messages per session and the publishers cannot be the limit. Each consumer then drains its queue;
-the rate is measured from its first to its last message. Afterwards the database must hold exactly
+Every consumer gets the *same* messages: persistent sessions are created first, then several
+publisher processes (tests/support/publish.py) publish N records while all are offline, so
+mosquitto holds N queued messages per session and the publishers cannot be the limit. Each
+consumer then drains its queue; the rate is measured from its first to its last message.
+Afterwards the database must hold exactly
 the N unique result ids: 0 lost, 0 duplicated.
 
     python bench/ingest.py                 # 50,000 results, 4 publishers, collector with 1 and 2 workers
@@ -173,33 +174,26 @@ def main() -> int:
         procs = []
         for i, k in enumerate(per):
             device = f"bench-{i}"
-            lines = "\n".join(make_record(device).to_json() for _ in range(k)) + "\n"
+            lines = work / f"lines-{i}.txt"
+            lines.write_text("\n".join(make_record(device).to_json() for _ in range(k)) + "\n")
             procs.append(
                 subprocess.Popen(
                     [
-                        "mosquitto_pub",
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
+                        sys.executable,
+                        "-m",
+                        "tests.support.publish",
                         str(broker.port),
-                        "-q",
-                        "1",
-                        "-V",
-                        "mqttv5",
-                        "-t",
                         topics.results(device),
-                        "-l",
+                        str(lines),
                     ],
-                    stdin=subprocess.PIPE,
+                    cwd=ROOT,
                 )
             )
-            procs[-1].stdin.write(lines.encode())  # type: ignore[union-attr]
-            procs[-1].stdin.close()  # type: ignore[union-attr]
         for p in procs:
             if p.wait(timeout=600) != 0:
-                raise SystemExit("mosquitto_pub failed")
+                raise SystemExit("a publisher failed")
         pub_s = time.perf_counter() - t
-        print(f"published {n} in {pub_s:.2f} s ({n / pub_s:.0f}/s, {pubs} mosquitto_pub -l)")
+        print(f"published {n} in {pub_s:.2f} s ({n / pub_s:.0f}/s, {pubs} publisher processes, QoS 1)")
         time.sleep(1.5)  # autosave
         # 3. Drain: bare paho, then the collector(s).
         out = subprocess.run(me, check=True, capture_output=True, text=True).stdout
