@@ -186,3 +186,27 @@ def test_listings_and_cli_bad_input(db_path, tmp_path, tiny_mlp_onnx):
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_push_to_an_offline_device_times_out_clearly(mosquitto, db_path, tmp_path, tiny_mlp_onnx):
+    from agent.signing import generate_keypair
+
+    key, _ = generate_keypair(tmp_path / "keys", "collector")
+    db = open_db(db_path)
+    upsert_device(db, make_status("pi-away", state="offline", reason="last-will"))
+    result = CliRunner().invoke(
+        fleet_group,
+        ["push", str(tiny_mlp_onnx), "--to", "pi-away", "--db", str(db_path), "--key", str(key),
+         "--broker", f"{mosquitto.host}:{mosquitto.port}", "--timeout", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "pi-away" in result.output and "queued" in result.output
+    assert "timed out after 1 s waiting for pi-away" in result.output
+    [job] = list_jobs(db)
+    assert job.state == "timeout" and job.target == "device:pi-away"
+    unreachable = CliRunner().invoke(
+        fleet_group,
+        ["push", str(tiny_mlp_onnx), "--to", "pi-away", "--db", str(db_path), "--key", str(key),
+         "--broker", "127.0.0.1:1"],
+    )  # fmt: skip
+    assert unreachable.exit_code == 1 and "cannot reach the broker at 127.0.0.1:1" in unreachable.output
