@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 from agent import topics
 from agent.codec import SchemaError
 from agent.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord, utc_now
-from collector.config import BrokerSettings, CollectorConfig
+from collector.config import BrokerSettings, CollectorConfig, ConfigError
 from collector.fastcodec import decode_json
 from collector.store import (
     DEAD_LETTER_SQL,
@@ -225,8 +225,12 @@ class Ingestor:
         self._started_at = utc_now()
         self._writer_error: BaseException | None = None
         self._generation = 0
-        self.client = client_factory(config.broker, config.client_id, persistent=True, manual_ack=True)
+        try:
+            self.client = client_factory(config.broker, config.client_id, persistent=True, manual_ack=True)
+        except (ConfigError, OSError, ValueError) as exc:  # password file, TLS files
+            raise IngestError(f"broker settings: {exc}") from None
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         try:
@@ -257,6 +261,10 @@ class Ingestor:
         self.stats.connected = True
         log.info("connected (session present: %s)", getattr(flags, "session_present", None))
         client.subscribe(self._subscriptions())
+
+    def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
+        b = self.config.broker
+        log.warning("cannot reach the broker at %s:%s; retrying", b.host, b.port)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
