@@ -66,15 +66,14 @@ def test_kill9_mid_stream_then_restart_loses_and_doubles_nothing(broker, tmp_pat
     try:
         assert wait_for(lambda: _health_connected(db_path, workers), 30), log.read_text()
         sent: dict[str, list[str]] = {}
-        pubs = []
         for d in range(devices):
             device = f"dev-{d}"
             records = [make_record(device).to_json() for _ in range(n_per_device)]
             lines = records + records[:resent]  # a device re-sending (outbox replay): duplicates on the wire
             sent[device] = lines
-            pubs.append(publisher(broker.port, topics.results(device), lines, tmp_path))
-        unique = devices * n_per_device
         t0 = time.monotonic()
+        pubs = [publisher(broker.port, topics.results(d), lines, tmp_path) for d, lines in sent.items()]
+        unique = devices * n_per_device
         assert wait_for(lambda: db_count(db_path) >= unique // 5, 60), log.read_text()
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream; workers die with the parent (PDEATHSIG)
         proc.wait(timeout=10)
@@ -95,8 +94,9 @@ def test_kill9_mid_stream_then_restart_loses_and_doubles_nothing(broker, tmp_pat
         rows = db_count(db_path)
         distinct = db_count(db_path, "SELECT COUNT(DISTINCT result_id) FROM results")
         total = sum(len(v) for v in sent.values())
+        absorbed = db_count(db_path, "SELECT SUM(results_duplicate) FROM collector_health")
         print(f"\nworkers={workers}: sent {total} messages, {unique} unique ids; "
-              f"{at_kill} rows at kill -9; {rows} rows after restart "
+              f"{at_kill} rows at kill -9; {rows} rows after restart, {absorbed} duplicates absorbed after it "
               f"(kill at {t_kill:.1f} s, publishers done {t_pub:.1f} s, "
               f"all stored {t_done:.1f} s)")  # fmt: skip
         assert rows == distinct == unique
