@@ -96,7 +96,7 @@ def test_kill9_mid_stream_then_restart_loses_and_doubles_nothing(broker, tmp_pat
         total = sum(len(v) for v in sent.values())
         absorbed = db_count(db_path, "SELECT SUM(results_duplicate) FROM collector_health")
         print(f"\nworkers={workers}: sent {total} messages, {unique} unique ids; "
-              f"{at_kill} rows at kill -9; {rows} rows after restart, {absorbed} duplicates absorbed after it "
+              f"{at_kill} rows at kill -9; {rows} rows after restart, {absorbed} duplicates absorbed "
               f"(kill at {t_kill:.1f} s, publishers done {t_pub:.1f} s, "
               f"all stored {t_done:.1f} s)")  # fmt: skip
         assert rows == distinct == unique
