@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from collector.cli import broker_options, config_from_options
+from collector.enroll_cli import enroll
 
 
 @click.group("fleet")
@@ -17,12 +18,7 @@ def fleet_group() -> None:
     """List devices and jobs; push artifacts to devices and watch them run."""
 
 
-try:  # engineer E's enrollment command, when present
-    from collector.enroll import enroll
-
-    fleet_group.add_command(enroll)
-except ImportError:  # pragma: no cover - optional module
-    pass
+fleet_group.add_command(enroll)
 
 
 def _open(db: str | None, config_path: str | None):

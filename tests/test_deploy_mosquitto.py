@@ -27,7 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import topics
-from collector.enroll import EnrollError, enroll, enroll_device, set_password
+from collector.enroll import EnrollError, enroll_device, set_password
+from collector.enroll_cli import enroll
 from edgebench.broker import MosquittoBroker, free_port, mosquitto_path
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
