@@ -21,6 +21,12 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from agent.codec import SchemaError
 from agent.schema import SUPPORTED_VERSIONS
 
+try:  # a collector dependency (the "collector" extra); the standard library decides on any doubt
+    from orjson import JSONDecodeError as _FastJSONError
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson missing
+    _fast_loads = None
+
 T = TypeVar("T")
 Decoder = Callable[[Any], Any]
 
@@ -99,14 +105,50 @@ def _compile_dataclass(cls: type, cache: dict[Any, Decoder]) -> Decoder:
         lines.append(f"        x = v[{f.name!r}]")
         lines += ["        " + line for line in _inline_check(hints[f.name], "x", f"{n}", ns, cache)]
         lines.append(f"        kw[{f.name!r}] = x")
-    lines += [
-        "    try:",
-        "        return _cls(**kw)",
-        "    except Exception:",
-        "        raise _D from None",
-    ]
+    if _plain_dataclass(cls):
+        # What the generated (frozen) __init__ does, without one object.__setattr__ per field: fill the
+        # instance dict (defaults first, then the decoded values) and run the class's own __post_init__.
+        ns["_new"] = object.__new__
+        ns["_defaults"] = {f.name: f.default for f in all_fields if f.init and f.default is not missing}
+        lines += ["    o = _new(_cls)", "    d = o.__dict__", "    d.update(_defaults)"]
+        for n, f in enumerate(all_fields):
+            if f.init and f.default is missing and f.default_factory is not missing:
+                ns[f"_F_{n}"] = f.default_factory
+                lines.append(f"    if {f.name!r} not in kw: d[{f.name!r}] = _F_{n}()")
+        lines.append("    d.update(kw)")
+        if hasattr(cls, "__post_init__"):
+            lines += [
+                "    try:",
+                "        o.__post_init__()",
+                "    except Exception:",
+                "        raise _D from None",
+            ]
+        lines.append("    return o")
+    else:
+        lines += [
+            "    try:",
+            "        return _cls(**kw)",
+            "    except Exception:",
+            "        raise _D from None",
+        ]
     exec(compile("\n".join(lines), f"<fastcodec {cls.__name__}>", "exec"), ns)
     return ns["decode"]
+
+
+def _plain_dataclass(cls: type) -> bool:
+    """A dataclass whose instances are plain ``__dict__`` objects built by the generated ``__init__``."""
+    params = getattr(cls, "__dataclass_params__", None)
+    return (
+        params is not None
+        and params.init
+        and "__slots__" not in cls.__dict__
+        and "__init__" in cls.__dict__
+        and getattr(getattr(cls.__init__, "__code__", None), "co_filename", "") == "<string>"
+        and not any(isinstance(f.type, dataclasses.InitVar) for f in dataclasses.fields(cls))
+        and not any(f.init is False and f.default is dataclasses.MISSING for f in dataclasses.fields(cls))
+        and type(cls).__call__ is type.__call__
+        and cls.__new__ is object.__new__
+    )
 
 
 def _dec_int(v: Any) -> int:
@@ -224,10 +266,25 @@ def decode_dict(cls: type[T], data: Any) -> T:
     return cls.from_dict(data)  # type: ignore[attr-defined]
 
 
+def _loads(payload: str | bytes) -> Any:
+    """``json.loads``, via orjson (~2x faster) when it accepts the text.
+
+    Where orjson refuses (NaN/Infinity literals, integers beyond 64 bits, non-UTF-8 encodings, ...) the
+    standard library parses or raises, so the outcome and the error text are exactly those of
+    ``json.loads``; a document both accept decodes to the same values.
+    """
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(payload)
+        except _FastJSONError:
+            pass
+    return json.loads(payload)
+
+
 def decode_json(cls: type[T], payload: str | bytes) -> T:
     """Like ``cls.from_json(payload)``: strict, raising the reference :class:`SchemaError`."""
     try:
-        data = json.loads(payload)
+        data = _loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SchemaError(f"not valid JSON: {exc}") from None
     return decode_dict(cls, data)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -34,6 +33,7 @@ from agent.codec import SchemaError
 from agent.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord, utc_now
 from collector.config import BrokerSettings, CollectorConfig, ConfigError
 from collector.fastcodec import decode_json
+from collector.mqttfast import FAST_PATH, FastClient, ack_batch
 from collector.store import (
     DEAD_LETTER_SQL,
     DEVICE_UPSERT_SQL,
@@ -129,18 +129,27 @@ def parse(topic: str, payload: bytes, max_bytes: int) -> Parsed:
 
 
 def make_client(
-    broker: BrokerSettings, client_id: str, *, persistent: bool = True, manual_ack: bool = True
+    broker: BrokerSettings,
+    client_id: str,
+    *,
+    persistent: bool = True,
+    manual_ack: bool = True,
+    fast: bool = False,
 ) -> mqtt.Client:
-    """A paho client with every setting in one place (v5 or 3.1.1, TLS, auth)."""
+    """A paho client with every setting in one place (v5 or 3.1.1, TLS, auth).
+
+    ``fast``: a :class:`collector.mqttfast.FastClient` (buffered socket reads), for the ingest hot path.
+    """
+    cls = FastClient if fast and FAST_PATH else mqtt.Client
     if broker.mqtt_version == 5:
-        client = mqtt.Client(
+        client = cls(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
     else:
-        client = mqtt.Client(
+        client = cls(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv311,
@@ -159,6 +168,12 @@ def make_client(
     client.max_inflight_messages_set(1000)
     client.reconnect_delay_set(0.5, 30)
     return client
+
+
+def make_ingest_client(
+    broker: BrokerSettings, client_id: str, *, persistent: bool = True, manual_ack: bool = True
+) -> mqtt.Client:
+    return make_client(broker, client_id, persistent=persistent, manual_ack=manual_ack, fast=True)
 
 
 def connect_kwargs(broker: BrokerSettings, *, persistent: bool, session_expiry_s: int) -> dict[str, Any]:
@@ -204,7 +219,7 @@ class Ingestor:
         config: CollectorConfig,
         *,
         on_chunk_request: Callable[[ChunkRequest], None] | None = None,
-        client_factory: Callable[..., mqtt.Client] = make_client,
+        client_factory: Callable[..., mqtt.Client] = make_ingest_client,
         queue_max: int = 50000,
         shared_group: str | None = None,
         control: bool = True,
@@ -216,7 +231,11 @@ class Ingestor:
         self.shared_group = shared_group  # results arrive on $share/<group>/... (several workers)
         self.control = control  # status, events and chunk requests (one worker only)
         self.stats = IngestStats()
-        self._queue: queue.Queue[tuple[str, bytes, int, int, float, int]] = queue.Queue(maxsize=queue_max)
+        # paho's thread appends, the writer pops (deque appends/pops are atomic); the writer sleeps on
+        # _wake only when the inbox is empty, so a busy stream costs no lock or notify per message.
+        self._inbox: deque[tuple[str, bytes, int, int, float, int]] = deque()
+        self._inbox_max = queue_max
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._clock = clock
@@ -275,22 +294,24 @@ class Ingestor:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
-        self._queue.put((msg.topic, msg.payload, msg.mid, msg.qos, self._clock(), self._generation))
+        inbox = self._inbox
+        inbox.append((msg.topic, msg.payload, msg.mid, msg.qos, self._clock(), self._generation))
+        if not self._wake.is_set():
+            self._wake.set()
+        if len(inbox) >= self._inbox_max:  # back-pressure: stop reading until the writer catches up
+            while len(inbox) >= self._inbox_max and not self._stop.is_set():
+                time.sleep(0.002)
 
     # -- writer thread
-    def _take_batch(self) -> list[tuple[str, bytes, int, int, float, int]]:
-        try:
-            first = self._queue.get(timeout=0.1)
-        except queue.Empty:
-            return []
-        batch = [first]
-        limit = self.config.batch_max
-        while len(batch) < limit:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+    def _take_batch(self, timeout_s: float = 0.1) -> list[tuple[str, bytes, int, int, float, int]]:
+        inbox = self._inbox
+        if not inbox:
+            self._wake.clear()
+            if not inbox and not self._wake.wait(timeout_s):
+                return []
+        popleft = inbox.popleft
+        n = min(len(inbox), self.config.batch_max)
+        return [popleft() for _ in range(n)]
 
     def _write(
         self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes], at: str
@@ -355,13 +376,11 @@ class Ingestor:
                 n = sum(1 for p in parsed if p.kind == "result")
                 inserted, duplicate = n, 0
                 break
-        # Committed: now, and only now, acknowledge.
+        # Committed: now, and only now, acknowledge (QoS 1: one write of all the PUBACKs).
         generation = self._generation
-        for _topic, _payload, mid, qos, _t, gen in batch:
-            # A message from an earlier connection is redelivered on this one (same or new packet id)
-            # and its copy is absorbed by the primary key: acking the old mid could hit another message.
-            if qos and gen == generation:
-                self.client.ack(mid, qos)
+        # A message from an earlier connection is redelivered on this one (same or new packet id)
+        # and its copy is absorbed by the primary key: acking the old mid could hit another message.
+        ack_batch(self.client, [(b[2], b[3]) for b in batch if b[3] and b[5] == generation])
         s = self.stats
         s.committed += len(batch)
         s.batches += 1
@@ -417,7 +436,7 @@ class Ingestor:
                 s.results_inserted,
                 s.results_duplicate,
                 s.dead_letters,
-                self._queue.qsize(),
+                len(self._inbox),
                 s.rate_per_s,
                 s.lag_s,
                 getattr(getattr(self, "chunk_counter", None), "chunks_served", 0),
@@ -436,7 +455,7 @@ class Ingestor:
 
     def _writer_loop(self) -> None:
         try:
-            while not (self._stop.is_set() and self._queue.empty()):
+            while not (self._stop.is_set() and not self._inbox):
                 batch = self._take_batch()
                 if batch:
                     self._process(batch)
