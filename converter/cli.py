@@ -88,7 +88,8 @@ def convert(model, recipe, calib, val, out, max_accuracy_drop, state_dict, max_v
     """Turn MODEL (an .onnx file or package.module:factory for PyTorch) into optimized artifacts (ONNX
     fp16/int8, pruned, distilled, TFLite), check each against the fp32 reference on --val data, and write
     OUT/manifest.json with the recommended artifact (fastest within --max-accuracy-drop, never slower
-    than fp32)."""
+    than fp32). TFLite from an ONNX-only MODEL runs onnx2tf in its own venv: run
+    deploy/make-onnx2tf-env.sh once and export the EDGEBENCH_ONNX2TF_PYTHON it prints."""
     from converter import passes
     from converter.pipeline import convert as run
 
