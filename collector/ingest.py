@@ -189,6 +189,10 @@ def connect_kwargs(broker: BrokerSettings, *, persistent: bool, session_expiry_s
 # ---------------------------------------------------------------- the service
 
 
+class _GiveWay(Exception):
+    """Messages are waiting: stop indexing (after a committed step)."""
+
+
 @dataclass
 class IngestStats:
     received: int = 0
@@ -224,6 +228,8 @@ class Ingestor:
         shared_group: str | None = None,
         control: bool = True,
         health_every_s: float = 1.0,
+        index_idle_s: float | None = 1.0,
+        index_batch: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
@@ -240,6 +246,12 @@ class Ingestor:
         self._writer: threading.Thread | None = None
         self._clock = clock
         self._health_every_s = health_every_s
+        # Report index (collector/report_index.py) kept current while the stream is idle; only the
+        # control worker does it, so several workers never race for it.
+        self._index_idle_s = index_idle_s if control else None
+        self._index_batch = index_batch
+        self._last_index = clock()
+        self.index_caught_up = False
         self._rate_window: deque[tuple[float, int]] = deque()
         self._started_at = utc_now()
         self._writer_error: BaseException | None = None
@@ -459,14 +471,43 @@ class Ingestor:
                 batch = self._take_batch()
                 if batch:
                     self._process(batch)
-                elif self._clock() - self._last_health >= self._health_every_s:
+                    self.index_caught_up = False
+                    continue
+                if self._clock() - self._last_health >= self._health_every_s:
                     self._rate_window.append((self._clock(), self.stats.committed))
                     self.stats.lag_s = 0.0
                     self._write_health_now()
+                if (
+                    self._index_idle_s is not None
+                    and not self.index_caught_up
+                    and self._clock() - self._last_index >= self._index_idle_s
+                ):
+                    self._index_when_idle()
         except BaseException as exc:  # pragma: no cover - logged, surfaced by wait()
             self._writer_error = exc
             log.exception("writer stopped")
             self._stop.set()
+
+    def _index_when_idle(self) -> None:
+        """Bring the report index up to date in steps of ``index_batch`` rows (one transaction each),
+        giving way as soon as a message arrives: under load nothing is indexed, so ingest never waits."""
+        from collector.report_index import ReportError, refresh_index
+
+        def give_way(_added: int) -> None:
+            if self._inbox or self._stop.is_set():
+                raise _GiveWay
+
+        self._last_index = self._clock()
+        try:
+            refresh_index(self.conn, batch=self._index_batch, progress=give_way)
+            self.index_caught_up = True
+        except _GiveWay:
+            pass
+        except (sqlite3.Error, ReportError) as exc:  # the index is a cache: log and retry later
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            log.warning("report index not refreshed: %s", exc)
+        self._last_index = self._clock()
 
     # -- lifecycle
     @staticmethod
