@@ -55,7 +55,11 @@ def open_db(
     """Open (creating if needed) the collector database in WAL mode with every migration applied.
 
     ``synchronous="NORMAL"`` in WAL mode survives a killed process (kill -9) without losing a
-    committed transaction; pass ``"FULL"`` to survive a power cut as well.
+    committed transaction: the commit has written the WAL frames to the OS, only the fsync is
+    deferred (to checkpoints). That is what ack-after-commit needs against collector crashes, and it
+    saves an fsync per batch. The trade-off: an OS crash or power cut can roll back the last
+    transactions before the next checkpoint, and those messages were already acknowledged, so the
+    broker will not redeliver them. Pass ``"FULL"`` (an fsync per commit) to survive that as well.
     """
     conn = connect(path, timeout_s=timeout_s)
     try:
