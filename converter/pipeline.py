@@ -267,9 +267,12 @@ def convert(
             art = record(step.name, output.path, output.format, output.precision, pass_records)
             for note in output.notes:
                 log(f"    {note}")
+            latency = (
+                "latency not measured" if art.host_latency_ms is None else f"{art.host_latency_ms:.3f} ms"
+            )
             log(
                 f"    ok in {time.perf_counter() - t0:.1f}s: {art.size_bytes / 1e6:.2f} MB, "
-                f"{art.host_latency_ms:.3f} ms, drop {accuracy_drop(art.fidelity):.2f} pt"
+                f"{latency}, drop {accuracy_drop(art.fidelity):.2f} pt"
             )
         except Exception as exc:  # a failing pass is reported and the others continue
             reason = str(exc) if isinstance(exc, ConvertError) else f"{type(exc).__name__}: {exc}"

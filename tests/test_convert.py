@@ -120,8 +120,10 @@ def test_every_pass_produces_a_checked_artifact(all_result):
     assert rec.fidelity.accuracy_delta >= -manifest.max_accuracy_drop
 
 
-def test_onnx_source_runs_onnx_passes_and_explains_the_others(tiny_cnn_onnx, tmp_path):
+def test_onnx_source_runs_onnx_passes_and_explains_the_others(tiny_cnn_onnx, tmp_path, monkeypatch):
     from converter.pipeline import convert
+
+    monkeypatch.delenv("EDGEBENCH_ONNX2TF_PYTHON", raising=False)  # the TensorFlow path is not here
 
     rng = np.random.default_rng(0)
     np.save(tmp_path / "calib.npy", rng.standard_normal((16, 1, 16, 16)).astype(np.float32))
@@ -206,8 +208,10 @@ def test_dynamic_int8_refuses_convolutions(tiny_cnn_onnx, tmp_path):
     assert art.status == "failed" and "ConvInteger" in art.error and "8-17x slower" in art.error
 
 
-def test_cli_converts_and_prints_the_comparison(tiny_mlp_onnx, tmp_path):
+def test_cli_converts_and_prints_the_comparison(tiny_mlp_onnx, tmp_path, monkeypatch):
     from converter.cli import convert
+
+    monkeypatch.delenv("EDGEBENCH_ONNX2TF_PYTHON", raising=False)  # the TensorFlow path is not here
 
     rng = np.random.default_rng(0)
     np.savez(
@@ -328,3 +332,19 @@ def test_list_passes_documents_every_parameter():
         assert f"{name}:" in result.output
     assert "temperature (float, default 4.0)" in result.output
     assert "calibration (MinMax|Entropy|Percentile, default 'MinMax')" in result.output
+
+
+def test_a_run_without_host_latency_still_logs_every_pass(tiny_mlp_onnx, tmp_path):
+    from converter.pipeline import convert
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "x.npz"
+    np.savez(data, x=rng.standard_normal((16, 16)).astype(np.float32))
+    lines: list[str] = []
+    result = convert(
+        str(tiny_mlp_onnx), calib=data, val=data, out_dir=tmp_path / "out", recipe="default",
+        latency_budget_s=0, log=lines.append,
+    )  # fmt: skip
+    ok = [a for a in result.manifest.artifacts if a.status == "ok" and a.name in ("optimize", "fp16")]
+    assert len(ok) == 2
+    assert any("latency not measured" in line for line in lines)
