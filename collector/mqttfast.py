@@ -19,7 +19,7 @@ exist with the expected shape (:data:`FAST_PATH`), otherwise the plain paho beha
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,7 +30,7 @@ _PUBACK = 0x40
 
 FAST_PATH = all(
     callable(getattr(mqtt.Client, name, None))
-    for name in ("_create_socket", "_packet_queue", "_packet_read", "loop_read")
+    for name in ("_create_socket", "_packet_queue", "_packet_read", "loop_read", "_handle_publish")
 )
 
 
@@ -67,7 +67,35 @@ class BufferedSocket:
 
 
 class FastClient(mqtt.Client):
-    """``paho.mqtt.client.Client`` reading through a :class:`BufferedSocket` (see the module doc)."""
+    """``paho.mqtt.client.Client`` reading through a :class:`BufferedSocket` (see the module doc).
+
+    With ``on_raw_message`` set, a QoS 1 PUBLISH without MQTT 5 properties in ``manual_ack`` mode is
+    handed over as ``(topic, payload, mid, qos)`` straight from the packet, without building an
+    ``MQTTMessage`` and its ``Properties`` and without the topic-filter dispatch. Every other packet
+    (QoS 0 or 2, properties present, automatic acks) takes paho's path and ``on_message``.
+    """
+
+    on_raw_message: Callable[[str, bytes, int, int], None] | None = None
+
+    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+        hook = self.on_raw_message
+        packet = self._in_packet  # type: ignore[attr-defined]
+        cmd = packet["command"]
+        if hook is None or (cmd & 0x06) != 0x02 or not self._manual_ack:  # type: ignore[attr-defined]
+            return super()._handle_publish()  # type: ignore[misc]
+        data = bytes(packet["packet"])
+        try:
+            end = 2 + ((data[0] << 8) | data[1])
+            mid = (data[end] << 8) | data[end + 1]
+            pos = end + 2
+            if self._protocol == mqtt.MQTTv5:  # type: ignore[attr-defined]
+                if data[pos] != 0:  # properties present: paho decodes them
+                    return super()._handle_publish()  # type: ignore[misc]
+                pos += 1
+        except IndexError:  # truncated: paho reports the malformed packet
+            return super()._handle_publish()  # type: ignore[misc]
+        hook(data[2:end].decode("utf-8", "replace"), data[pos:], mid, 1)
+        return mqtt.MQTT_ERR_SUCCESS
 
     def _create_socket(self) -> Any:  # type: ignore[override]
         return BufferedSocket(super()._create_socket())
