@@ -12,8 +12,9 @@ A side is a *selector* (all parameterised, never SQL):
 Runs are matched on (device, model, variant, runtime, threads, batch). A difference is flagged as a
 regression or an improvement only when the 95 % bootstrap confidence interval of the difference of
 medians (from raw samples; two-level over runs and samples when a side has several runs) excludes zero
-*and* the change is at least ``min_effect`` (default 1 %). Runs stored without raw samples are
-approximated from their recorded quantiles (the method column says so).
+*and* the change is at least ``min_effect`` (default 1 %), and only with at least two runs on each
+side: a single run carries no run-to-run variation, so its verdict is "inconclusive". Runs stored
+without raw samples are approximated from their recorded quantiles (the method column says so).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collector.report_stats import bootstrap_median_diff, synthetic_samples
 from collector.reports import ReportFilter, _select_cells, parse_since
 
 MAX_RUNS_PER_SIDE = 200
+MIN_RUNS_PER_SIDE = 2  # below this a side carries no run-to-run variation: never flag
 Key = tuple[str, str, str, str, int, int]
 
 
@@ -187,9 +189,14 @@ def compare_runs(
             continue
         d = bootstrap_median_diff([s for s, _ in b], [s for s, _ in c], iterations=iterations, seed=seed)
         significant = d.significant and abs(d.rel) >= min_effect
-        verdict = (
-            ("regression" if d.diff_ms > 0 else "improvement") if significant else "no significant change"
-        )
+        if min(len(b), len(c)) < MIN_RUNS_PER_SIDE:
+            # One run per side: the bootstrap sees only the noise inside that run, not the run-to-run
+            # variation (another process start, another warm-up), so a "significant" change may be none.
+            verdict = f"inconclusive (fewer than {MIN_RUNS_PER_SIDE} runs on a side)"
+        elif significant:
+            verdict = "regression" if d.diff_ms > 0 else "improvement"
+        else:
+            verdict = "no significant change"
         method = (
             d.method if all(raw for _, raw in b + c) else d.method + ", some runs from recorded quantiles"
         )
@@ -209,6 +216,11 @@ def compare_runs(
             )
         )
     notes = []
+    if any(r.verdict.startswith("inconclusive") for r in rows):
+        notes.append(
+            f"a change is only flagged with at least {MIN_RUNS_PER_SIDE} runs on each side "
+            "(e.g. job:A,B vs job:C,D): one run shows no run-to-run variation"
+        )
     if any(len(v) >= MAX_RUNS_PER_SIDE for side in (base, cand) for v in side.values()):
         notes.append(f"at most the {MAX_RUNS_PER_SIDE} latest runs per device and variant are compared")
     return Comparison(baseline, candidate, tuple(rows), min_effect, tuple(notes))

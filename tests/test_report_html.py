@@ -44,9 +44,12 @@ def test_self_contained_with_every_plot(html):
 
 def test_comparison_html(db_path):
     db = open_db(db_path)
-    before = make_record("pi-a", "fp32", seed=1, finished_at="2024-05-01T00:00:00Z")
-    after = make_record("pi-a", "fp32", base_ms=12.0, seed=2, finished_at="2024-06-01T00:00:00Z")
-    insert_results(db, [before, after])
+    before = [make_record("pi-a", "fp32", seed=s, finished_at=f"2024-05-0{s}T00:00:00Z") for s in (1, 2)]
+    after = [
+        make_record("pi-a", "fp32", base_ms=12.0, seed=s, finished_at=f"2024-06-0{s}T00:00:00Z")
+        for s in (3, 4)
+    ]
+    insert_results(db, before + after)
     out = render_comparison(compare_runs(db.conn, "..2024-05-15", "2024-05-15.."), "html")
     assert "regression" in out and out.count("data:image/png;base64,") == 1
 
