@@ -52,9 +52,9 @@ class BufferedSocket:
                 return data  # includes b"" (connection closed)
             self._buf, self._pos = data, bufsize
             return data[:bufsize]
-        end = pos + bufsize
+        end = min(pos + bufsize, len(buf))
         self._pos = end
-        if pos == 0 and end >= len(buf):
+        if pos == 0 and end == len(buf):
             return buf
         return buf[pos:end]
 
