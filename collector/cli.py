@@ -74,9 +74,9 @@ def collector_group() -> None:
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
-    default=1,
-    show_default=True,
-    help="Worker processes sharing the results stream (MQTT 5 shared subscription).",
+    default=None,
+    help="Worker processes sharing the results stream (MQTT 5 shared subscription). "
+    "Default: 2 with MQTT 5 on 2+ cores, else 1.",
 )
 @click.option("--no-chunks", is_flag=True, help="Do not serve model chunks to devices.")
 @click.option(
@@ -109,6 +109,10 @@ def serve(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
     )
     config = config_from_options(db, client_id, **kw)
+    if workers is None:
+        from collector.workers import default_workers
+
+        workers = default_workers(config)
     if batch_max:
         config = replace(config, batch_max=batch_max)
     stop = threading.Event()

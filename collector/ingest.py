@@ -1,14 +1,16 @@
 """MQTT ingest: every device's results, status and job events into SQLite, once each.
 
-paho's network thread only puts ``(topic, payload, mid, qos)`` on a bounded queue. One writer
-thread takes everything queued (up to ``batch_max``), parses and validates it, writes it in ONE
-transaction (``INSERT ... ON CONFLICT DO NOTHING`` for results, upserts for devices, ``OR IGNORE``
-for events, rows for dead letters), commits, and only then acknowledges each message with
-``client.ack(mid, qos)`` (``manual_ack=True``). A collector killed at any point therefore loses
-nothing: the broker redelivers the unacknowledged messages to the persistent session (MQTT v5
-Session Expiry Interval, or ``clean_session=False`` in 3.1.1 mode) and the primary keys absorb
-the ones that were already committed. Bad input never stops the service: it becomes a dead letter
-(acknowledged, counted, kept with a bounded excerpt).
+paho's network thread only appends ``(topic, payload, mid, qos)`` to a bounded inbox (raw bytes,
+straight from the packet: see :mod:`collector.mqttfast`). One writer thread takes everything
+queued (up to ``batch_max``), parses and validates it, writes it in ONE transaction
+(``INSERT ... ON CONFLICT DO NOTHING`` for results, upserts for devices, ``OR IGNORE`` for events,
+rows for dead letters), commits, and only then acknowledges the batch (``manual_ack=True``; one
+write of all the PUBACKs). When the stream is idle the writer checkpoints the WAL and brings the
+report index up to date, in steps that give way to the next message. A collector killed at any
+point therefore loses nothing: the broker redelivers the unacknowledged messages to the
+persistent session (MQTT v5 Session Expiry Interval, or ``clean_session=False`` in 3.1.1 mode) and
+the primary keys absorb the ones that were already committed. Bad input never stops the service:
+it becomes a dead letter (acknowledged, counted, kept with a bounded excerpt).
 """
 
 from __future__ import annotations
