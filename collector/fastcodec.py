@@ -67,7 +67,7 @@ def _inline_check(tp: Any, var: str, name: str, ns: dict[str, Any], cache: dict[
     if tp is float:
         return [
             f"if type({var}) is float:",
-            f"    if not _isfinite({var}): raise _D",
+            f"    if {var} - {var} != 0.0: raise _D",  # inf - inf and nan - nan are nan: not finite
             f"elif type({var}) is int: {var} = float({var})",
             "else: raise _D",
         ]
@@ -98,24 +98,27 @@ def _compile_dataclass(cls: type, cache: dict[Any, Decoder]) -> Decoder:
         "    if type(v) is not dict: raise _D",
         "    keys = v.keys()",
         "    if not (_required <= keys and keys <= _names): raise _D",
-        "    kw = {}",
     ]
-    for n, f in enumerate(all_fields):
-        lines.append(f"    if {f.name!r} in v:")
-        lines.append(f"        x = v[{f.name!r}]")
-        lines += ["        " + line for line in _inline_check(hints[f.name], "x", f"{n}", ns, cache)]
-        lines.append(f"        kw[{f.name!r}] = x")
     if _plain_dataclass(cls):
         # What the generated (frozen) __init__ does, without one object.__setattr__ per field: fill the
-        # instance dict (defaults first, then the decoded values) and run the class's own __post_init__.
+        # instance dict (defaults, then each checked value) and run the class's own __post_init__.
         ns["_new"] = object.__new__
-        ns["_defaults"] = {f.name: f.default for f in all_fields if f.init and f.default is not missing}
+        ns["_defaults"] = {f.name: f.default for f in all_fields if f.default is not missing}
         lines += ["    o = _new(_cls)", "    d = o.__dict__", "    d.update(_defaults)"]
         for n, f in enumerate(all_fields):
-            if f.init and f.default is missing and f.default_factory is not missing:
+            check = _inline_check(hints[f.name], "x", f"{n}", ns, cache)
+            if f.name in ns["_required"]:  # present: checked above
+                lines.append(f"    x = v[{f.name!r}]")
+                lines += ["    " + line for line in check]
+                lines.append(f"    d[{f.name!r}] = x")
+                continue
+            lines.append(f"    if {f.name!r} in v:")
+            lines.append(f"        x = v[{f.name!r}]")
+            lines += ["        " + line for line in check]
+            lines.append(f"        d[{f.name!r}] = x")
+            if f.default is missing and f.default_factory is not missing:
                 ns[f"_F_{n}"] = f.default_factory
-                lines.append(f"    if {f.name!r} not in kw: d[{f.name!r}] = _F_{n}()")
-        lines.append("    d.update(kw)")
+                lines.append(f"    else: d[{f.name!r}] = _F_{n}()")
         if hasattr(cls, "__post_init__"):
             lines += [
                 "    try:",
@@ -125,6 +128,12 @@ def _compile_dataclass(cls: type, cache: dict[Any, Decoder]) -> Decoder:
             ]
         lines.append("    return o")
     else:
+        lines.append("    kw = {}")
+        for n, f in enumerate(all_fields):
+            lines.append(f"    if {f.name!r} in v:")
+            lines.append(f"        x = v[{f.name!r}]")
+            lines += ["        " + line for line in _inline_check(hints[f.name], "x", f"{n}", ns, cache)]
+            lines.append(f"        kw[{f.name!r}] = x")
         lines += [
             "    try:",
             "        return _cls(**kw)",
@@ -145,7 +154,7 @@ def _plain_dataclass(cls: type) -> bool:
         and "__init__" in cls.__dict__
         and getattr(getattr(cls.__init__, "__code__", None), "co_filename", "") == "<string>"
         and not any(isinstance(f.type, dataclasses.InitVar) for f in dataclasses.fields(cls))
-        and not any(f.init is False and f.default is dataclasses.MISSING for f in dataclasses.fields(cls))
+        and all(f.init for f in dataclasses.fields(cls))
         and type(cls).__call__ is type.__call__
         and cls.__new__ is object.__new__
     )
