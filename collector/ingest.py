@@ -208,6 +208,8 @@ class IngestStats:
     connected: bool = False
     lag_s: float = 0.0
     rate_per_s: float = 0.0
+    lock_wait_s: float = 0.0  # time spent waiting for the database write lock (other workers, readers)
+    write_s: float = 0.0  # time from BEGIN to COMMIT done
 
     def __post_init__(self) -> None:
         self.dead = Counter()
@@ -344,7 +346,9 @@ class Ingestor:
     ) -> tuple[int, int]:
         conn = self.conn
         results = [result_row(p.message, at, p.text) for p in parsed if p.kind == "result"]
+        t0 = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
+        t1 = time.perf_counter()
         try:
             inserted = insert_result_rows(conn, results)
             for p in parsed:
@@ -362,6 +366,8 @@ class Ingestor:
                 conn.executemany(DEAD_LETTER_SQL, dead)
             self._maybe_write_health(conn, at)
             conn.execute("COMMIT")
+            self.stats.lock_wait_s += t1 - t0
+            self.stats.write_s += time.perf_counter() - t1
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -573,6 +579,11 @@ class Ingestor:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop receiving, commit and acknowledge what is queued, then disconnect."""
+        s = self.stats
+        log.info(
+            "stopping: %d committed in %d batches; %.2f s writing, %.2f s waiting for the write lock",
+            s.committed, s.batches, s.write_s, s.lock_wait_s,
+        )  # fmt: skip
         self.client.on_message = lambda *a: None  # anything arriving now is redelivered later
         if isinstance(self.client, FastClient):
             self.client.on_raw_message = lambda *a: None
