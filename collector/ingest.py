@@ -40,6 +40,7 @@ from collector.store import (
     DEAD_LETTER_SQL,
     DEVICE_UPSERT_SQL,
     JOB_EVENT_SQL,
+    connect,
     dead_letter_row,
     device_params,
     insert_result_rows,
@@ -257,6 +258,8 @@ class Ingestor:
         self._index_batch = index_batch
         self._checkpoint_rows = checkpoint_rows
         self._since_checkpoint = 0
+        self._checkpoint_due = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._last_index = clock()
         self.index_caught_up = False
         self._rate_window: deque[tuple[float, int]] = deque()
@@ -276,9 +279,10 @@ class Ingestor:
         try:
             self.db = open_db(config.db)
             self.db.conn.execute("PRAGMA cache_size = -32768")
-            # No automatic checkpoint inside our commits (every ~1000 pages, ~1/3 of the insert time):
-            # the writer checkpoints when idle, and under load every `checkpoint_rows` rows, so the WAL
-            # stays bounded. With synchronous=NORMAL the fsync happens at those checkpoints.
+            # No automatic checkpoint inside our commits (every ~1000 pages, ~1/3 of the insert time,
+            # and the fsync can stall behind other disk writes): a checkpointer thread with its own
+            # connection runs one when the writer is idle, and under load every `checkpoint_rows`
+            # rows, so the WAL stays bounded. With synchronous=NORMAL the fsync happens there.
             self.db.conn.execute("PRAGMA wal_autocheckpoint = 0")
         except Exception as exc:
             raise IngestError(str(exc)) from None
@@ -502,7 +506,6 @@ class Ingestor:
                     self._write_health_now()
                 if self._since_checkpoint:
                     self._checkpoint()
-                    continue  # look at the inbox again before indexing
                 if (
                     self._index_idle_s is not None
                     and not self.index_caught_up
@@ -515,12 +518,31 @@ class Ingestor:
             self._stop.set()
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE: never waits for readers or other writers)."""
+        """Ask the checkpointer thread for a checkpoint (the writer never waits for it)."""
         self._since_checkpoint = 0
+        self._checkpoint_due.set()
+
+    def _checkpointer_loop(self) -> None:
+        """Copy the WAL into the database on request (PASSIVE: never waits for readers or writers).
+
+        Its own connection: the writer keeps committing (to the WAL) while pages are copied and synced.
+        """
+        conn = None
         try:
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:
-            log.warning("WAL checkpoint failed: %s", exc)
+            conn = connect(self.config.db)
+            while not self._stop.is_set():
+                if not self._checkpoint_due.wait(0.5):
+                    continue
+                self._checkpoint_due.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
+        except Exception as exc:  # StoreError: the writer's connection reports the real problem
+            log.warning("WAL checkpointer stopped: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _index_when_idle(self) -> None:
         """Bring the report index up to date in steps of ``index_batch`` rows (one transaction each),
@@ -555,6 +577,10 @@ class Ingestor:
     def start(self) -> Ingestor:
         self._writer = threading.Thread(target=self._writer_loop, name="collector-writer", daemon=True)
         self._writer.start()
+        self._checkpointer = threading.Thread(
+            target=self._checkpointer_loop, name="collector-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         kwargs = connect_kwargs(
             self.config.broker, persistent=True, session_expiry_s=self.config.session_expiry_s
         )
@@ -590,6 +616,8 @@ class Ingestor:
         self._stop.set()
         if self._writer is not None:
             self._writer.join(timeout=timeout_s)
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=timeout_s)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self._maybe_write_health(self.conn, utc_now(), force=True)
