@@ -5,17 +5,25 @@ follow :data:`agent.schema.JobState`: received -> fetching -> verifying -> runni
 failed / rejected / cancelled / aborted with a reason. :meth:`JobStore.recover` runs at start-up:
 a job that was fetching or verifying when the agent died is queued again (fetching resumes from the
 cache); one that was running is marked aborted (its finished results are already in the outbox).
+
+A write that fails (a full disk) never stops the service: the state is kept in memory, the job is
+listed in :attr:`JobStore.unsaved` and written again by :meth:`JobStore.save_unsaved`. If the agent
+dies before that, the file on disk is one step behind: at worst a job runs again (new result ids).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.schema import Job, SchemaError, utc_now
+
+log = logging.getLogger("edgebench.agent.jobs")
 
 __all__ = ["ACTIVE", "FINAL", "JobEntry", "JobStore", "JobStoreError", "target_matches"]
 
@@ -81,6 +89,7 @@ class JobStore:
         self._lock = threading.Lock()
         self._entries: dict[str, JobEntry] = {}
         self.unreadable: list[str] = []
+        self.unsaved: set[str] = set()  # job ids whose last state is only in memory (write failed)
         for path in sorted(self.dir.glob("*.json")):
             try:
                 entry = JobEntry.from_json(path.read_text())
@@ -89,14 +98,32 @@ class JobStore:
                 continue
             self._entries[entry.job_id] = entry
 
-    def _write(self, entry: JobEntry) -> None:
+    def _write(self, entry: JobEntry) -> bool:
+        """Atomic write (tmp, fsync, rename); False (logged, kept in :attr:`unsaved`) if it failed."""
         path = self.dir / f"{entry.job_id}.json"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(entry.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                f.write(entry.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if entry.job_id not in self.unsaved:
+                log.error("job %s: state %r not written (%s); kept in memory", entry.job_id, entry.state, exc)
+            self.unsaved.add(entry.job_id)
+            return False
+        self.unsaved.discard(entry.job_id)
+        return True
+
+    def save_unsaved(self) -> int:
+        """Write again every job whose last write failed; returns how many are still unsaved."""
+        with self._lock:
+            for job_id in sorted(self.unsaved):
+                self._write(self._entries[job_id])
+            return len(self.unsaved)
 
     def get(self, job_id: str) -> JobEntry | None:
         with self._lock:

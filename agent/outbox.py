@@ -11,10 +11,14 @@ pending row in id order after each (re)connect.
 Bounded: at ``max_rows`` the oldest pending rows are dropped to make room and counted
 (``stats().dropped``), never silently. A row the broker refuses (MQTT v5 reason code >= 0x80, e.g.
 0x87 Not authorized) is moved aside with its reason (``stats().rejected``) and never re-sent.
+
+A full disk raises :class:`OutboxFull` from :meth:`Outbox.put` and stores nothing; every row stored
+before stays (the failed transaction rolls back). The service holds the message and retries.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -22,11 +26,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["MemoryOutbox", "Outbox", "OutboxError", "OutboxRow", "OutboxStats", "SqliteOutbox", "open_outbox"]
+log = logging.getLogger("edgebench.agent.outbox")
+
+__all__ = [
+    "MemoryOutbox",
+    "Outbox",
+    "OutboxError",
+    "OutboxFull",
+    "OutboxRow",
+    "OutboxStats",
+    "SqliteOutbox",
+    "open_outbox",
+]
 
 
 class OutboxError(Exception):
     """The outbox cannot take a message (too large) or its file is unusable."""
+
+
+class OutboxFull(OutboxError):
+    """The disk (or the file system holding the outbox) is full: nothing was stored, retry later.
+
+    Rows stored before stay intact (SQLite rolls the failed transaction back)."""
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> OutboxError:
+    """SQLITE_FULL (and an I/O error from ENOSPC) is the transient "disk full" case; the rest is fatal."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code == getattr(sqlite3, "SQLITE_FULL", 13) or "disk is full" in str(exc)
+    return (OutboxFull if full else OutboxError)(f"outbox {path}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +183,13 @@ class SqliteOutbox:
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from None
 
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # SQLite may have rolled back itself (SQLITE_FULL)
+                log.warning("outbox %s: rollback: %s", self.path, exc)
+
     def _tx(self, *statements: tuple[str, tuple]) -> list[sqlite3.Cursor]:
         with self._lock:
             try:
@@ -163,9 +198,8 @@ class SqliteOutbox:
                 self._db.execute("COMMIT")
                 return out
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise OutboxError(f"outbox {self.path}: {exc}") from None
+                self._rollback()
+                raise _store_error(self.path, exc) from None
 
     def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         _check_put(self, topic, payload, qos)
@@ -189,9 +223,8 @@ class SqliteOutbox:
                 self._db.execute("COMMIT")
                 return int(cur.lastrowid)
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise OutboxError(f"outbox {self.path}: {exc}") from None
+                self._rollback()
+                raise _store_error(self.path, exc) from None
 
     def pending(self, after_id: int = 0, limit: int = 1000) -> list[OutboxRow]:
         with self._lock:

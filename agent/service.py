@@ -7,6 +7,10 @@ before it is sent. SIGTERM: stop taking jobs, abort the running measurement (its
 "aborted"), publish the offline status, flush what the broker takes, exit; the rest stays in the
 outbox for the next start. No runtime is imported here: measurements run in fresh worker processes
 (``agent.bench`` with ``isolate=True``).
+
+A full disk stops nothing and loses nothing stored: a result or event the outbox cannot take is held
+and retried (the worker waits, so no new result is made meanwhile); at shutdown a held message is
+published directly and, failing that, logged whole.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from agent import topics
 from agent.config import AgentConfig
 from agent.delivery import ArtifactCache, ArtifactFetcher, DeliveryError
 from agent.jobs import ACTIVE, JobStore, target_matches
-from agent.outbox import OutboxError, SqliteOutbox
+from agent.outbox import OutboxError, OutboxFull, SqliteOutbox
 from agent.schema import (
     ArtifactInfo,
     ArtifactRef,
@@ -101,6 +105,10 @@ class AgentService:
         self.errors: deque[str] = deque(maxlen=200)
         self.current_job: str | None = None
         self.undeliverable = 0  # results that could not even be stored (payload limit)
+        self.disk_full = False  # the outbox refused a message for lack of space (cleared once one goes in)
+        self.unstored = 0  # held messages that neither the outbox nor the broker took before exit (logged)
+        self._held: deque[tuple[str, bytes, str]] = deque()  # (topic, payload, what) refused for space
+        self._worker: threading.Thread | None = None
         self._wake = threading.Event()
         self._cancel: threading.Event | None = None
         self._cancel_reason = ""
@@ -154,6 +162,8 @@ class AgentService:
         self.transport.start()
         for target, name in ((self._work, "job-worker"), (self._heartbeat, "heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
+            if target == self._work:
+                self._worker = thread
             thread.start()
             self._threads.append(thread)
         log.info(
@@ -172,6 +182,7 @@ class AgentService:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=join_timeout_s)
+        self._store_held()  # what the network thread could not store: last chance
         if self.transport.connected.is_set():
             try:
                 status = self._status("offline", "shutdown").to_json().encode()
@@ -274,6 +285,9 @@ class AgentService:
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
         while not self.stopping.is_set():
+            self._store_held()
+            if self.jobs.unsaved:
+                self.jobs.save_unsaved()
             entry = self.jobs.next_queued()
             if entry is None or entry.job is None:
                 self._wake.wait(1.0)
@@ -353,7 +367,7 @@ class AgentService:
         """Result -> outbox (durable) -> broker. Too large: retried once without raw samples."""
         topic = topics.results(self.device_id)
         try:
-            self.transport.enqueue(topic, record.to_json().encode())
+            self._store(topic, record.to_json().encode(), f"result {record.result_id}")
             return True
         except (PayloadTooLarge, OutboxError) as exc:
             if record.latency is not None and record.latency.samples_ms:
@@ -373,10 +387,68 @@ class AgentService:
             result_ids=tuple(result_ids),
             progress=progress,
         )
+        what = f"job event {job_id} {state}"
         try:
-            self.transport.enqueue(topics.events(self.device_id), event.to_json().encode())
+            self._store(topics.events(self.device_id), event.to_json().encode(), what)
         except (PayloadTooLarge, OutboxError) as exc:
-            self._error(f"job event {job_id} {state} not stored: {exc}")
+            self._error(f"{what} not stored: {exc}")
+
+    def _store(self, topic: str, payload: bytes, what: str) -> None:
+        """Into the outbox. On a full disk: the worker waits and retries (its job pauses, so no new
+        result is made); any other thread holds the message for the worker. Other errors raise."""
+        on_worker = threading.current_thread() is self._worker
+        if not on_worker and self._held:
+            self._held.append((topic, payload, what))  # keep the order behind what is already held
+            return
+        delay = 1.0
+        while True:
+            try:
+                self.transport.enqueue(topic, payload)
+            except OutboxFull as exc:
+                if not self.disk_full:
+                    self._error(f"{what} not stored: {exc}; held in memory and retried until there is room")
+                self.disk_full = True
+                if not on_worker:
+                    self._held.append((topic, payload, what))
+                    return
+                if self.stopping.is_set():
+                    self._last_resort(topic, payload, what)
+                    return
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if self.disk_full:
+                log.warning("outbox takes messages again (%s stored)", what)
+                self.disk_full = False
+            return
+
+    def _store_held(self) -> None:
+        """Store what the network thread had to hold (full disk), in order; at shutdown, last resort."""
+        while self._held:
+            topic, payload, what = self._held[0]
+            try:
+                self.transport.enqueue(topic, payload)
+            except OutboxFull:
+                if not self.stopping.is_set():
+                    return
+                self._last_resort(topic, payload, what)
+            except (PayloadTooLarge, OutboxError) as exc:
+                self._error(f"{what} not stored: {exc}")
+            self._held.popleft()
+        if self.disk_full and not self._held:
+            self.disk_full = False
+
+    def _last_resort(self, topic: str, payload: bytes, what: str) -> None:
+        """Shutting down with a full disk: publish straight to the broker; failing that, log it whole."""
+        try:
+            if self.transport.connected.is_set():
+                self.transport.publish(topic, payload).wait(5.0)  # raises unless PUBACKed
+                log.warning("%s published directly at shutdown (the outbox had no room)", what)
+                return
+        except Exception as exc:
+            log.error("%s: direct publish failed: %s", what, exc)
+        self.unstored += 1
+        log.critical("UNSTORED %s on %s (no disk space, no broker): %s", what, topic, payload.decode())
 
     def _send_chunk_request(self, request: ChunkRequest) -> None:
         self.transport.publish(topics.chunk_requests(self.device_id), request.to_json().encode())

@@ -33,7 +33,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import BrokerSettings
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxError
 
 log = logging.getLogger("edgebench.agent.transport")
 
@@ -309,10 +309,16 @@ class MqttTransport:
             if what.error is not None:
                 self._error(str(what.error))
             return
-        if reason.is_failure:
-            self._reject(what.row_id, what.topic, describe(reason))
-        else:
-            self.outbox.ack(what.row_id)  # type: ignore[union-attr]
+        try:
+            if reason.is_failure:
+                self._reject(what.row_id, what.topic, describe(reason))
+            else:
+                self.outbox.ack(what.row_id)  # type: ignore[union-attr]
+        except OutboxError as exc:  # e.g. a full disk: the row stays and is sent again after a restart
+            self._error(
+                f"outbox row {what.row_id} delivered but its removal was not stored ({exc}); "
+                "it will be sent again and the collector absorbs the copy"
+            )
         self._wake.set()
 
     def _reject(self, row_id: int, topic: str, reason: str) -> None:
