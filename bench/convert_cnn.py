@@ -142,9 +142,9 @@ def interleaved_latency(result, rounds: int, budget_s: float) -> dict[str, float
     for _ in range(rounds):
         for a in arts:
             # one live session at a time: ORT's idle threads spin after a run and would slow the next one
-            run = runner_for(a.path(result.manifest_path), list(feed))[0]
-            ms = latency_ms(run, feed, budget_s)
-            del run
+            model = runner_for(a.path(result.manifest_path), list(feed))
+            ms = latency_ms(model.bind(feed), budget_s)
+            del model
             gc.collect()
             best[a.name] = min(best.get(a.name, ms), ms)
     return best
