@@ -10,6 +10,8 @@ from edgebench.broker import MosquittoBroker, mosquitto_path
 
 DATA = Path(__file__).parent / "data"
 
+pytest_plugins = ["tests.support.small_disk"]  # the small_disk fixture: a real tmpfs to fill
+
 
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory) -> MosquittoBroker:

@@ -17,16 +17,21 @@ from agent.jobs import JobStore
 from agent.outbox import OutboxFull, SqliteOutbox
 from agent.schema import DeviceInfo, new_id
 from agent.service import AgentService, run_measurement
+from agent.signing import generate_keypair
 from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
 from tests.support.fleet_peer import FleetPeer, wait_until
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record
-from tests.support.small_disk import small_disk  # noqa: F401  (fixture)
-from tests.test_agent_service import DEVICE, QUICK, keys, make_config  # noqa: F401  (fixture)
+from tests.test_agent_service import DEVICE, QUICK, make_config
 
 PAYLOAD = b"r" * 8192  # bigger than any slack SQLite may keep in its WAL
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return generate_keypair(tmp_path / "keys", "collector")
 
 
 def test_outbox_put_on_a_full_disk_raises_outbox_full_and_keeps_every_stored_row(small_disk):
@@ -64,44 +69,10 @@ def test_job_store_keeps_state_in_memory_when_the_disk_is_full(small_disk):
     assert JobStore(store.dir).get(job_id).state == "running"
 
 
-def test_agent_holds_results_while_the_disk_is_full_then_delivers_each_once(
-    small_disk, fresh_mosquitto, keys, tiny_mlp_onnx, tmp_path
-):
-    filled = threading.Event()
-
-    def runner(path, job, ref, device, cancel):  # a real measurement; the disk fills as it ends
-        records = run_measurement(path, job, ref, device, cancel)
-        small_disk.fill()
-        filled.set()
-        return records
-
-    config = replace(make_config(tmp_path, fresh_mosquitto, keys), data_dir=small_disk.root / "agent")
-    agent = AgentService(config, device=DeviceInfo(device_id=DEVICE), runner=runner).start()
-    peer = FleetPeer(fresh_mosquitto.host, fresh_mosquitto.port, client_id="collector-disk").start()
-    try:
-        assert agent.transport.wait_connected(10)
-        ref = peer.add_artifact(tiny_mlp_onnx)
-        job = peer.make_job([ref], f"device:{DEVICE}", replace(QUICK, threads=(1, 2)))
-        peer.send_job(job, keys[0], DEVICE)
-        assert filled.wait(60)
-        assert wait_until(lambda: agent.disk_full, 10)
-        assert any("held in memory" in e for e in agent.errors)
-        assert peer.result_ids() == []  # nothing was stored, so nothing was sent
-        assert agent.jobs.get(job.job_id).state == "running"  # the worker waits; no new job starts
-        small_disk.free()
-        assert wait_until(lambda: len(peer.result_ids()) == 2, 60)  # retried within its backoff
-        assert wait_until(lambda: peer.event(job.job_id, "done") is not None, 30)
-        assert not agent.disk_full and agent.unstored == 0
-        assert agent.transport.flush(10)
-        assert sorted(set(peer.result_ids())) == sorted(peer.result_ids())  # each exactly once
-    finally:
-        agent.stop(flush_timeout_s=2.0)
-        peer.stop()
-
-
-def test_agent_stopping_with_a_full_disk_publishes_held_results_directly(
-    small_disk, fresh_mosquitto, keys, tiny_mlp_onnx, tmp_path
-):
+@pytest.fixture
+def agent_and_peer(small_disk, fresh_mosquitto, keys, tmp_path):
+    """An agent whose data directory is on the small disk; its runner measures for real, then fills
+    the disk, so the job's results meet a full disk. Yields (agent, peer, filled)."""
     filled = threading.Event()
 
     def runner(path, job, ref, device, cancel):
@@ -112,24 +83,57 @@ def test_agent_stopping_with_a_full_disk_publishes_held_results_directly(
 
     config = replace(make_config(tmp_path, fresh_mosquitto, keys), data_dir=small_disk.root / "agent")
     agent = AgentService(config, device=DeviceInfo(device_id=DEVICE), runner=runner).start()
-    peer = FleetPeer(fresh_mosquitto.host, fresh_mosquitto.port, client_id="collector-disk2").start()
+    peer = FleetPeer(fresh_mosquitto.host, fresh_mosquitto.port, client_id="collector-disk").start()
     try:
         assert agent.transport.wait_connected(10)
-        ref = peer.add_artifact(tiny_mlp_onnx)
-        job = peer.make_job([ref], f"device:{DEVICE}", QUICK)
-        peer.send_job(job, keys[0], DEVICE)
-        assert filled.wait(60) and wait_until(lambda: agent.disk_full, 10)
-        agent.stop(flush_timeout_s=2.0)  # SIGTERM's path: the disk is still full
-        assert wait_until(lambda: len(peer.result_ids()) == 1, 10)
-        assert agent.unstored == 0
+        yield agent, peer, filled
     finally:
         if not agent.stopping.is_set():
             agent.stop(flush_timeout_s=1.0)
         peer.stop()
 
 
+def test_agent_holds_results_while_the_disk_is_full_then_delivers_each_once(
+    agent_and_peer,
+    small_disk,
+    keys,
+    tiny_mlp_onnx,
+):
+    agent, peer, filled = agent_and_peer
+    ref = peer.add_artifact(tiny_mlp_onnx)
+    job = peer.make_job([ref], f"device:{DEVICE}", replace(QUICK, threads=(1, 2)))
+    peer.send_job(job, keys[0], DEVICE)
+    assert filled.wait(60)
+    assert wait_until(lambda: agent.disk_full, 10)
+    assert any("held in memory" in e for e in agent.errors)
+    assert peer.result_ids() == []  # nothing was stored, so nothing was sent
+    assert agent.jobs.get(job.job_id).state == "running"  # the worker waits; no new job starts
+    small_disk.free()
+    assert wait_until(lambda: len(peer.result_ids()) == 2, 60)  # retried within its backoff
+    assert wait_until(lambda: peer.event(job.job_id, "done") is not None, 30)
+    assert not agent.disk_full and agent.unstored == 0
+    assert agent.transport.flush(10)
+    assert sorted(set(peer.result_ids())) == sorted(peer.result_ids())  # each exactly once
+
+
+def test_agent_stopping_with_a_full_disk_publishes_held_results_directly(
+    agent_and_peer,
+    keys,
+    tiny_mlp_onnx,
+):
+    agent, peer, filled = agent_and_peer
+    ref = peer.add_artifact(tiny_mlp_onnx)
+    job = peer.make_job([ref], f"device:{DEVICE}", QUICK)
+    peer.send_job(job, keys[0], DEVICE)
+    assert filled.wait(60) and wait_until(lambda: agent.disk_full, 10)
+    agent.stop(flush_timeout_s=2.0)  # SIGTERM's path: the disk is still full
+    assert wait_until(lambda: len(peer.result_ids()) == 1, 10)
+    assert agent.unstored == 0
+
+
 def test_collector_on_a_full_disk_acks_nothing_and_stores_everything_once_there_is_room(
-    small_disk, fresh_mosquitto
+    small_disk,
+    fresh_mosquitto,
 ):
     db = small_disk.root / "edgebench.db"
     config = CollectorConfig(
