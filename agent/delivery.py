@@ -11,6 +11,7 @@ the least recently used artifacts (use = mtime, refreshed on every hit).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -127,6 +128,7 @@ class _Transfer:
     received: set[int] = field(default_factory=set)
     bad: int = 0
     last_at: float = 0.0
+    error: str = ""  # a chunk could not be written (e.g. the disk filled up): the fetch fails with it
     changed: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -172,8 +174,7 @@ class ArtifactFetcher:
             raise DeliveryError(f"{ref.name}: {ref.size_bytes} bytes does not fit the cache")
         total = -(-ref.size_bytes // self.chunk_size)
         path = self.cache.partial_dir / f"{ref.sha256}.part"
-        with open(path, "wb") as f:
-            f.truncate(ref.size_bytes)
+        _allocate(path, ref)
         transfer = _Transfer(ref, self.chunk_size, total, path)
         with self._lock:
             self._active[ref.sha256] = transfer
@@ -183,12 +184,18 @@ class ArtifactFetcher:
             while True:
                 with transfer.changed:
                     transfer.changed.wait_for(
-                        lambda: len(transfer.received) == total or (cancel is not None and cancel.is_set()),
+                        lambda: (
+                            len(transfer.received) == total
+                            or bool(transfer.error)
+                            or (cancel is not None and cancel.is_set())
+                        ),
                         timeout=min(0.5, self.chunk_timeout_s),
                     )
                     count = len(transfer.received)
                 if count == total:
                     return path
+                if transfer.error:
+                    raise DeliveryError(f"{ref.name}: {transfer.error}")
                 if cancel is not None and cancel.is_set():
                     raise DeliveryError(f"{ref.name}: fetch cancelled")
                 now = self.clock()
@@ -243,9 +250,38 @@ class ArtifactFetcher:
                 return False
             try:
                 os.pwrite(fd, chunk.data, chunk.index * transfer.chunk_size)
+            except OSError as exc:
+                transfer.error = f"writing chunk {chunk.index} to {transfer.path.parent}: {exc.strerror}"
+                transfer.changed.notify_all()
+                return False
             finally:
                 os.close(fd)
             transfer.received.add(chunk.index)
             transfer.last_at = self.clock()
             transfer.changed.notify_all()
         return True
+
+
+def _allocate(path: Path, ref: ArtifactRef) -> None:
+    """Create the partial file at its full size, with the blocks reserved where the file system can
+    (posix_fallocate), so that a disk without room fails here with a clear reason, not chunk by chunk."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise DeliveryError(f"{ref.name}: cannot create {path}: {exc.strerror}") from None
+    try:
+        try:
+            os.posix_fallocate(fd, 0, max(1, ref.size_bytes))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DeliveryError(
+                    f"{ref.name}: no space left on the device for {ref.size_bytes} bytes in {path.parent}"
+                ) from None
+            os.ftruncate(fd, ref.size_bytes)  # the file system cannot reserve: sparse, as before
+        except AttributeError:  # no posix_fallocate on this platform
+            os.ftruncate(fd, ref.size_bytes)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)

@@ -394,33 +394,36 @@ class AgentService:
             self._error(f"{what} not stored: {exc}")
 
     def _store(self, topic: str, payload: bytes, what: str) -> None:
-        """Into the outbox. On a full disk: the worker waits and retries (its job pauses, so no new
+        """Into the outbox. On a full disk the worker waits and retries (its job pauses, so no new
         result is made); any other thread holds the message for the worker. Other errors raise."""
-        on_worker = threading.current_thread() is self._worker
-        if not on_worker and self._held:
-            self._held.append((topic, payload, what))  # keep the order behind what is already held
-            return
-        delay = 1.0
-        while True:
+        if threading.current_thread() is not self._worker:
+            if self._held:  # keep the order behind what is already held
+                self._held.append((topic, payload, what))
+                return
             try:
                 self.transport.enqueue(topic, payload)
             except OutboxFull as exc:
-                if not self.disk_full:
-                    self._error(f"{what} not stored: {exc}; held in memory and retried until there is room")
-                self.disk_full = True
-                if not on_worker:
-                    self._held.append((topic, payload, what))
-                    return
-                if self.stopping.is_set():
-                    self._last_resort(topic, payload, what)
-                    return
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            if self.disk_full:
-                log.warning("outbox takes messages again (%s stored)", what)
-                self.disk_full = False
+                self._note_full(what, exc)
+                self._held.append((topic, payload, what))
+            else:
+                self._note_room(what)
             return
+        delay = 1.0
+        while True:
+            self._store_held()  # what others held goes first (at shutdown: their last resort)
+            if not self._held:
+                try:
+                    self.transport.enqueue(topic, payload)
+                except OutboxFull as exc:
+                    self._note_full(what, exc)
+                else:
+                    self._note_room(what)
+                    return
+            if self.stopping.is_set():
+                self._last_resort(topic, payload, what)
+                return
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 30.0)
 
     def _store_held(self) -> None:
         """Store what the network thread had to hold (full disk), in order; at shutdown, last resort."""
@@ -428,14 +431,24 @@ class AgentService:
             topic, payload, what = self._held[0]
             try:
                 self.transport.enqueue(topic, payload)
-            except OutboxFull:
+            except OutboxFull as exc:
+                self._note_full(what, exc)
                 if not self.stopping.is_set():
                     return
                 self._last_resort(topic, payload, what)
             except (PayloadTooLarge, OutboxError) as exc:
                 self._error(f"{what} not stored: {exc}")
             self._held.popleft()
+        self._note_room("held messages")
+
+    def _note_full(self, what: str, exc: Exception) -> None:
+        if not self.disk_full:
+            self._error(f"{what} not stored: {exc}; held in memory and retried until there is room")
+        self.disk_full = True
+
+    def _note_room(self, what: str) -> None:
         if self.disk_full and not self._held:
+            log.warning("the outbox takes messages again (%s stored)", what)
             self.disk_full = False
 
     def _last_resort(self, topic: str, payload: bytes, what: str) -> None:

@@ -166,3 +166,18 @@ def test_collector_on_a_full_disk_acks_nothing_and_stores_everything_once_there_
         peer.close()
         ingestor.stop()
     assert os.path.exists(db)
+
+
+def test_artifact_that_does_not_fit_fails_its_job_with_the_reason(agent_and_peer, small_disk, keys, tmp_path):
+    agent, peer, _ = agent_and_peer
+    big = tmp_path / "big.onnx"  # not a real model: the job fails before anything runs
+    big.write_bytes(os.urandom(1024 * 1024))
+    small_disk.fill(leave_bytes=256 * 1024)  # room for events and job files, not for the artifact
+    ref = peer.add_artifact(big)
+    job = peer.make_job([ref], f"device:{DEVICE}", QUICK)
+    peer.send_job(job, keys[0], DEVICE)
+    assert wait_until(lambda: peer.event(job.job_id, "failed") is not None, 30)
+    assert "no space left on the device for 1048576 bytes" in peer.event(job.job_id, "failed").detail
+    assert peer.states(job.job_id)[:2] == ["received", "fetching"]
+    assert not list((small_disk.root / "agent" / "cache" / "partial").glob("*.part"))  # nothing half-made
+    assert not agent.disk_full

@@ -34,8 +34,8 @@ class SmallDisk:
     def unmount(self) -> None:
         subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
 
-    def fill(self) -> int:
-        """Write until ENOSPC; returns the bytes written. The disk then has no free block."""
+    def fill(self, leave_bytes: int = 0) -> int:
+        """Write until ENOSPC, then give back ``leave_bytes``; returns the filler's size."""
         written = 0
         block = b"\0" * 4096
         with open(self._filler, "ab", buffering=0) as f:
@@ -53,6 +53,9 @@ class SmallDisk:
                         written += f.write(b"\0" * size)
                     except OSError:
                         break
+            if leave_bytes:
+                written = max(0, written - leave_bytes)
+                f.truncate(written)
         return written
 
     def free(self) -> None:
