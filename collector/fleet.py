@@ -27,7 +27,8 @@ from agent.errors import BenchError
 from agent.schema import ArtifactRef, BenchSettings, Job, JobEvent, SchemaError, new_id, utc_now
 from collector.chunks import ChunkServer
 from collector.config import CollectorConfig
-from collector.ingest import CHUNK_SHARE, connect_kwargs, make_client
+from collector.mqtt_client import connect_kwargs, make_client
+from collector.parse import CHUNK_SHARE
 from collector.store import insert_job_events, record_job, register_artifact, set_job_state
 
 log = logging.getLogger("edgebench.fleet")
@@ -309,7 +310,7 @@ class Pusher:
         self._connected.set()
 
     def _on_message(self, client: Any, _u: Any, msg: Any) -> None:
-        from collector.ingest import parse
+        from collector.parse import parse
 
         parsed = parse(msg.topic, msg.payload, self.config.max_payload_bytes)
         if parsed.kind == "chunk_request":

@@ -26,16 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent import topics
-from agent.codec import SchemaError
-from agent.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord, utc_now
-from collector.config import BrokerSettings, CollectorConfig, ConfigError
-from collector.fastcodec import decode_json
-from collector.mqttfast import FAST_PATH, FastClient, ack_batch
+from agent.schema import ChunkRequest, utc_now
+from collector.config import CollectorConfig, ConfigError
+from collector.mqtt_client import connect_kwargs, make_ingest_client
+from collector.mqttfast import FastClient, ack_batch
+from collector.parse import CHUNK_SHARE, Parsed, parse
 from collector.store import (
     DEAD_LETTER_SQL,
     DEVICE_UPSERT_SQL,
@@ -52,141 +49,13 @@ from collector.store import (
 log = logging.getLogger("edgebench.collector")
 
 SUBSCRIPTIONS = (topics.ALL_RESULTS, topics.ALL_STATUS, topics.ALL_EVENTS)
-CHUNK_SHARE = "$share/edgebench-chunks/"  # collector and `fleet push` share chunk requests
+
+
+__all__ = ["IngestError", "IngestStats", "Ingestor"]
 
 
 class IngestError(RuntimeError):
     """The collector cannot start (database, broker settings)."""
-
-
-# ---------------------------------------------------------------- parsing (pure)
-
-
-@dataclass(frozen=True)
-class Parsed:
-    kind: str  # "result" | "status" | "event" | "chunk_request" | "dead"
-    message: Any = None
-    text: str = ""  # results: the validated JSON as received
-    reason: str = ""  # dead letters: "<class>: <detail>"
-
-
-DEAD_CLASSES = (
-    "oversize",
-    "bad-json",
-    "unknown-schema-version",
-    "missing-field",
-    "invalid-field",
-    "topic-mismatch",
-    "unknown-topic",
-    "store-error",
-)
-
-
-def schema_error_class(exc: SchemaError) -> str:
-    text = str(exc)
-    if text.startswith("not valid JSON") or "must be a JSON object" in text:
-        return "bad-json"
-    if exc.field == "schema_version" and "unsupported schema version" in text:
-        return "unknown-schema-version"
-    if "missing required field" in text:
-        return "missing-field"
-    return "invalid-field"
-
-
-_LEAVES: dict[str, type] = {
-    "results": ResultRecord,
-    "status": DeviceStatus,
-    "events": JobEvent,
-    "chunks/request": ChunkRequest,
-}
-_KINDS = {"results": "result", "status": "status", "events": "event", "chunks/request": "chunk_request"}
-
-
-def parse(topic: str, payload: bytes, max_bytes: int) -> Parsed:
-    """Validate one message against the wire format and its topic. Never raises."""
-    if len(payload) > max_bytes:
-        return Parsed("dead", reason=f"oversize: {len(payload)} bytes > limit {max_bytes}")
-    try:
-        device_id, leaf = topics.parse_device_topic(topic.removeprefix(CHUNK_SHARE))
-    except topics.TopicError as exc:
-        return Parsed("dead", reason=f"unknown-topic: {exc}")
-    cls = _LEAVES.get(leaf)
-    if cls is None:
-        return Parsed("dead", reason=f"unknown-topic: no handler for leaf {leaf!r}")
-    if leaf == "status" and not payload:
-        return Parsed("dead", reason="bad-json: empty payload (a cleared retained status)")
-    try:
-        message = decode_json(cls, payload)
-    except SchemaError as exc:
-        return Parsed("dead", reason=f"{schema_error_class(exc)}: {exc}")
-    claimed = message.device.device_id if isinstance(message, ResultRecord) else message.device_id
-    if claimed != device_id:
-        return Parsed(
-            "dead", reason=f"topic-mismatch: topic device {device_id!r}, message device {claimed!r}"
-        )
-    text = payload.decode() if isinstance(message, ResultRecord) else ""
-    return Parsed(_KINDS[leaf], message, text)
-
-
-# ---------------------------------------------------------------- client settings
-
-
-def make_client(
-    broker: BrokerSettings,
-    client_id: str,
-    *,
-    persistent: bool = True,
-    manual_ack: bool = True,
-    fast: bool = False,
-) -> mqtt.Client:
-    """A paho client with every setting in one place (v5 or 3.1.1, TLS, auth).
-
-    ``fast``: a :class:`collector.mqttfast.FastClient` (buffered socket reads), for the ingest hot path.
-    """
-    cls = FastClient if fast and FAST_PATH else mqtt.Client
-    if broker.mqtt_version == 5:
-        client = cls(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=manual_ack,
-        )
-    else:
-        client = cls(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=not persistent,
-            manual_ack=manual_ack,
-        )
-    if broker.tls:
-        client.tls_set(
-            ca_certs=broker.ca_file or None,
-            certfile=broker.cert_file or None,
-            keyfile=broker.key_file or None,
-        )
-    if broker.username:
-        client.username_pw_set(broker.username, broker.resolved_password() or None)
-    client.max_queued_messages_set(0)
-    client.max_inflight_messages_set(1000)
-    client.reconnect_delay_set(0.5, 30)
-    return client
-
-
-def make_ingest_client(
-    broker: BrokerSettings, client_id: str, *, persistent: bool = True, manual_ack: bool = True
-) -> mqtt.Client:
-    return make_client(broker, client_id, persistent=persistent, manual_ack=manual_ack, fast=True)
-
-
-def connect_kwargs(broker: BrokerSettings, *, persistent: bool, session_expiry_s: int) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"host": broker.host, "port": broker.port, "keepalive": broker.keepalive}
-    if broker.mqtt_version == 5:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = session_expiry_s if persistent else 0
-        kwargs["clean_start"] = not persistent
-        kwargs["properties"] = props
-    return kwargs
 
 
 # ---------------------------------------------------------------- the service

@@ -11,7 +11,7 @@ from agent.artifacts import file_sha256
 from agent.schema import ArtifactChunk, ArtifactRef, ChunkRequest
 from collector.chunks import ChunkServer
 from collector.config import BrokerSettings
-from collector.ingest import make_client
+from collector.mqtt_client import make_client
 from collector.store import open_db, register_artifact
 from tests.support.mqtt_peer import Peer, wait_for
 

@@ -14,7 +14,8 @@ from agent.schema import JobEvent, new_id
 from collector.cli import collector_group
 from collector.config import BrokerSettings, CollectorConfig
 from collector.health import collector_health
-from collector.ingest import Ingestor, parse
+from collector.ingest import Ingestor
+from collector.parse import parse
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record, make_status
 

@@ -1,0 +1,87 @@
+"""Parsing what arrives from the fleet: one MQTT message -> a validated wire-format message or a dead letter.
+
+Pure (no I/O): :func:`parse` checks the size, the topic, the JSON against :mod:`agent.schema` (through
+the generated fast decoders of :mod:`collector.fastcodec`) and that the device in the message is the
+device in the topic. Every failure is a :class:`Parsed` of kind "dead" with ``"<class>: <detail>"``,
+the class one of :data:`DEAD_CLASSES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agent import topics
+from agent.codec import SchemaError
+from agent.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord
+from collector.fastcodec import decode_json
+
+__all__ = ["CHUNK_SHARE", "DEAD_CLASSES", "Parsed", "parse", "schema_error_class"]
+
+CHUNK_SHARE = "$share/edgebench-chunks/"  # collector and `fleet push` share chunk requests
+
+
+@dataclass(frozen=True)
+class Parsed:
+    kind: str  # "result" | "status" | "event" | "chunk_request" | "dead"
+    message: Any = None
+    text: str = ""  # results: the validated JSON as received
+    reason: str = ""  # dead letters: "<class>: <detail>"
+
+
+DEAD_CLASSES = (
+    "oversize",
+    "bad-json",
+    "unknown-schema-version",
+    "missing-field",
+    "invalid-field",
+    "topic-mismatch",
+    "unknown-topic",
+    "store-error",
+)
+
+
+def schema_error_class(exc: SchemaError) -> str:
+    text = str(exc)
+    if text.startswith("not valid JSON") or "must be a JSON object" in text:
+        return "bad-json"
+    if exc.field == "schema_version" and "unsupported schema version" in text:
+        return "unknown-schema-version"
+    if "missing required field" in text:
+        return "missing-field"
+    return "invalid-field"
+
+
+_LEAVES: dict[str, type] = {
+    "results": ResultRecord,
+    "status": DeviceStatus,
+    "events": JobEvent,
+    "chunks/request": ChunkRequest,
+}
+_KINDS = {"results": "result", "status": "status", "events": "event", "chunks/request": "chunk_request"}
+
+
+def parse(topic: str, payload: bytes, max_bytes: int) -> Parsed:
+    """Validate one message against the wire format and its topic. Never raises."""
+    if len(payload) > max_bytes:
+        return Parsed("dead", reason=f"oversize: {len(payload)} bytes > limit {max_bytes}")
+    try:
+        device_id, leaf = topics.parse_device_topic(topic.removeprefix(CHUNK_SHARE))
+    except topics.TopicError as exc:
+        return Parsed("dead", reason=f"unknown-topic: {exc}")
+    cls = _LEAVES.get(leaf)
+    if cls is None:
+        return Parsed("dead", reason=f"unknown-topic: no handler for leaf {leaf!r}")
+    if leaf == "status" and not payload:
+        return Parsed("dead", reason="bad-json: empty payload (a cleared retained status)")
+    try:
+        message = decode_json(cls, payload)
+    except SchemaError as exc:
+        return Parsed("dead", reason=f"{schema_error_class(exc)}: {exc}")
+    claimed = message.device.device_id if isinstance(message, ResultRecord) else message.device_id
+    if claimed != device_id:
+        return Parsed(
+            "dead", reason=f"topic-mismatch: topic device {device_id!r}, message device {claimed!r}"
+        )
+    text = payload.decode() if isinstance(message, ResultRecord) else ""
+    return Parsed(_KINDS[leaf], message, text)
