@@ -88,8 +88,9 @@ def _worker_main(config: CollectorConfig, index: int, serve_chunks: bool, parent
 def default_workers(config: CollectorConfig) -> int:
     """2 with MQTT 5 on a machine with 2 cores or more, else 1.
 
-    Measured with ``python bench/ingest.py`` on 2 cores: 1 worker drains ~0.5x the rate of a bare paho
-    subscriber, 2 workers ~0.9x (paho's network loop and validation share one GIL per process).
+    Measured with ``python bench/ingest.py`` on 2 cores (2026-12-02): 1 worker 0.77x the rate of a bare
+    paho subscriber (8,242/s), 2 workers 1.19x (12,760/s): paho's loop and validation share one GIL per
+    process, and two sessions drain the broker's queue in parallel.
     """
     return 2 if config.broker.mqtt_version == 5 and (os.cpu_count() or 1) >= 2 else 1
 
