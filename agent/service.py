@@ -8,9 +8,9 @@ before it is sent. SIGTERM: stop taking jobs, abort the running measurement (its
 outbox for the next start. No runtime is imported here: measurements run in fresh worker processes
 (``agent.bench`` with ``isolate=True``).
 
-A full disk stops nothing and loses nothing stored: a result or event the outbox cannot take is held
-and retried (the worker waits, so no new result is made meanwhile); at shutdown a held message is
-published directly and, failing that, logged whole.
+A full disk stops nothing and loses nothing stored: every result and event goes through
+:class:`agent.keeper.MessageKeeper`, which holds what the outbox cannot take and retries (the worker
+waits, so no new result is made meanwhile).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from agent import topics
 from agent.config import AgentConfig
 from agent.delivery import ArtifactCache, ArtifactFetcher, DeliveryError
 from agent.jobs import ACTIVE, JobStore, target_matches
-from agent.outbox import OutboxError, OutboxFull, SqliteOutbox
+from agent.keeper import MessageKeeper
+from agent.outbox import OutboxError, SqliteOutbox
 from agent.schema import (
     ArtifactInfo,
     ArtifactRef,
@@ -52,7 +52,7 @@ from agent.transport import MqttTransport, PayloadTooLarge
 
 log = logging.getLogger("edgebench.agent")
 
-__all__ = ["AgentError", "AgentService", "Runner", "agent_status", "run_measurement"]
+__all__ = ["AgentError", "AgentService", "Runner", "run_measurement"]
 
 Runner = Callable[[Path, Job, ArtifactRef, DeviceInfo, threading.Event], list[ResultRecord]]
 
@@ -105,9 +105,6 @@ class AgentService:
         self.errors: deque[str] = deque(maxlen=200)
         self.current_job: str | None = None
         self.undeliverable = 0  # results that could not even be stored (payload limit)
-        self.disk_full = False  # the outbox refused a message for lack of space (cleared once one goes in)
-        self.unstored = 0  # held messages that neither the outbox nor the broker took before exit (logged)
-        self._held: deque[tuple[str, bytes, str]] = deque()  # (topic, payload, what) refused for space
         self._worker: threading.Thread | None = None
         self._wake = threading.Event()
         self._cancel: threading.Event | None = None
@@ -144,6 +141,13 @@ class AgentService:
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_error=self.errors.append,
+        )
+        self.keeper = MessageKeeper(
+            self.transport.enqueue,
+            self._publish_direct,
+            stopping=self.stopping,
+            may_wait=lambda: threading.current_thread() is self._worker,
+            on_error=self._error,
         )
         self.fetcher = ArtifactFetcher(
             self.cache,
@@ -182,7 +186,7 @@ class AgentService:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=join_timeout_s)
-        self._store_held()  # what the network thread could not store: last chance
+        self.keeper.store_held()  # what the network thread could not store: last chance
         if self.transport.connected.is_set():
             try:
                 status = self._status("offline", "shutdown").to_json().encode()
@@ -285,7 +289,7 @@ class AgentService:
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
         while not self.stopping.is_set():
-            self._store_held()
+            self.keeper.store_held()
             if self.jobs.unsaved:
                 self.jobs.save_unsaved()
             entry = self.jobs.next_queued()
@@ -367,7 +371,7 @@ class AgentService:
         """Result -> outbox (durable) -> broker. Too large: retried once without raw samples."""
         topic = topics.results(self.device_id)
         try:
-            self._store(topic, record.to_json().encode(), f"result {record.result_id}")
+            self.keeper.store(topic, record.to_json().encode(), f"result {record.result_id}")
             return True
         except (PayloadTooLarge, OutboxError) as exc:
             if record.latency is not None and record.latency.samples_ms:
@@ -389,79 +393,14 @@ class AgentService:
         )
         what = f"job event {job_id} {state}"
         try:
-            self._store(topics.events(self.device_id), event.to_json().encode(), what)
+            self.keeper.store(topics.events(self.device_id), event.to_json().encode(), what)
         except (PayloadTooLarge, OutboxError) as exc:
             self._error(f"{what} not stored: {exc}")
 
-    def _store(self, topic: str, payload: bytes, what: str) -> None:
-        """Into the outbox. On a full disk the worker waits and retries (its job pauses, so no new
-        result is made); any other thread holds the message for the worker. Other errors raise."""
-        if threading.current_thread() is not self._worker:
-            if self._held:  # keep the order behind what is already held
-                self._held.append((topic, payload, what))
-                return
-            try:
-                self.transport.enqueue(topic, payload)
-            except OutboxFull as exc:
-                self._note_full(what, exc)
-                self._held.append((topic, payload, what))
-            else:
-                self._note_room(what)
-            return
-        delay = 1.0
-        while True:
-            self._store_held()  # what others held goes first (at shutdown: their last resort)
-            if not self._held:
-                try:
-                    self.transport.enqueue(topic, payload)
-                except OutboxFull as exc:
-                    self._note_full(what, exc)
-                else:
-                    self._note_room(what)
-                    return
-            if self.stopping.is_set():
-                self._last_resort(topic, payload, what)
-                return
-            self.stopping.wait(delay)
-            delay = min(delay * 2, 30.0)
-
-    def _store_held(self) -> None:
-        """Store what the network thread had to hold (full disk), in order; at shutdown, last resort."""
-        while self._held:
-            topic, payload, what = self._held[0]
-            try:
-                self.transport.enqueue(topic, payload)
-            except OutboxFull as exc:
-                self._note_full(what, exc)
-                if not self.stopping.is_set():
-                    return
-                self._last_resort(topic, payload, what)
-            except (PayloadTooLarge, OutboxError) as exc:
-                self._error(f"{what} not stored: {exc}")
-            self._held.popleft()
-        self._note_room("held messages")
-
-    def _note_full(self, what: str, exc: Exception) -> None:
-        if not self.disk_full:
-            self._error(f"{what} not stored: {exc}; held in memory and retried until there is room")
-        self.disk_full = True
-
-    def _note_room(self, what: str) -> None:
-        if self.disk_full and not self._held:
-            log.warning("the outbox takes messages again (%s stored)", what)
-            self.disk_full = False
-
-    def _last_resort(self, topic: str, payload: bytes, what: str) -> None:
-        """Shutting down with a full disk: publish straight to the broker; failing that, log it whole."""
-        try:
-            if self.transport.connected.is_set():
-                self.transport.publish(topic, payload).wait(5.0)  # raises unless PUBACKed
-                log.warning("%s published directly at shutdown (the outbox had no room)", what)
-                return
-        except Exception as exc:
-            log.error("%s: direct publish failed: %s", what, exc)
-        self.unstored += 1
-        log.critical("UNSTORED %s on %s (no disk space, no broker): %s", what, topic, payload.decode())
+    def _publish_direct(self, topic: str, payload: bytes) -> None:
+        if not self.transport.connected.is_set():
+            raise OutboxError("not connected to the broker")
+        self.transport.publish(topic, payload).wait(5.0)  # raises unless PUBACKed
 
     def _send_chunk_request(self, request: ChunkRequest) -> None:
         self.transport.publish(topics.chunk_requests(self.device_id), request.to_json().encode())
@@ -512,32 +451,3 @@ def _loose_job_id(payload: bytes) -> str | None:
         return str(uuid.UUID(data["job_id"]))
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
-
-
-def agent_status(config: AgentConfig) -> dict[str, Any]:
-    """What the data directory says (works while the agent runs): outbox, jobs, cache."""
-    out: dict[str, Any] = {"device_id": config.device_id, "data_dir": str(config.data_dir)}
-    if config.outbox_path.exists():
-        box = SqliteOutbox(config.outbox_path)
-        try:
-            s = box.stats()
-        finally:
-            box.close()
-        out["outbox"] = {"pending": s.pending, "dropped": s.dropped, "rejected": s.rejected, "acked": s.acked}
-        if s.last_reject_reason:
-            out["outbox"]["last_reject_reason"] = s.last_reject_reason
-    else:
-        out["outbox"] = {"pending": 0, "dropped": 0, "rejected": 0, "acked": 0}
-    if config.jobs_dir.exists():
-        store = JobStore(config.jobs_dir)
-        out["jobs"] = store.counts()
-        out["recent_jobs"] = [
-            {"job_id": e.job_id, "state": e.state, "updated_at": e.updated_at, "detail": e.detail}
-            for e in store.entries()[-5:]
-        ]
-    else:
-        out["jobs"] = {}
-    cache = config.cache_dir
-    files = [p for p in cache.iterdir() if p.is_file()] if cache.exists() else []
-    out["cache"] = {"artifacts": len(files), "bytes": sum(p.stat().st_size for p in files)}
-    return out

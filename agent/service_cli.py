@@ -84,7 +84,7 @@ def run(log_level: str, **kw) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool, **kw) -> None:
     """Outbox (pending, dropped, rejected), jobs and artifact cache, read from the data directory."""
-    from agent.service import agent_status
+    from agent.status import agent_status
 
     info = agent_status(_load(**kw))
     if as_json:

@@ -104,14 +104,14 @@ def test_agent_holds_results_while_the_disk_is_full_then_delivers_each_once(
     job = peer.make_job([ref], f"device:{DEVICE}", replace(QUICK, threads=(1, 2)))
     peer.send_job(job, keys[0], DEVICE)
     assert filled.wait(60)
-    assert wait_until(lambda: agent.disk_full, 10)
+    assert wait_until(lambda: agent.keeper.disk_full, 10)
     assert any("held in memory" in e for e in agent.errors)
     assert peer.result_ids() == []  # nothing was stored, so nothing was sent
     assert agent.jobs.get(job.job_id).state == "running"  # the worker waits; no new job starts
     small_disk.free()
     assert wait_until(lambda: len(peer.result_ids()) == 2, 60)  # retried within its backoff
     assert wait_until(lambda: peer.event(job.job_id, "done") is not None, 30)
-    assert not agent.disk_full and agent.unstored == 0
+    assert not agent.keeper.disk_full and agent.keeper.unstored == 0
     assert agent.transport.flush(10)
     assert sorted(set(peer.result_ids())) == sorted(peer.result_ids())  # each exactly once
 
@@ -125,10 +125,10 @@ def test_agent_stopping_with_a_full_disk_publishes_held_results_directly(
     ref = peer.add_artifact(tiny_mlp_onnx)
     job = peer.make_job([ref], f"device:{DEVICE}", QUICK)
     peer.send_job(job, keys[0], DEVICE)
-    assert filled.wait(60) and wait_until(lambda: agent.disk_full, 10)
+    assert filled.wait(60) and wait_until(lambda: agent.keeper.disk_full, 10)
     agent.stop(flush_timeout_s=2.0)  # SIGTERM's path: the disk is still full
     assert wait_until(lambda: len(peer.result_ids()) == 1, 10)
-    assert agent.unstored == 0
+    assert agent.keeper.unstored == 0
 
 
 def test_collector_on_a_full_disk_acks_nothing_and_stores_everything_once_there_is_room(
@@ -180,4 +180,4 @@ def test_artifact_that_does_not_fit_fails_its_job_with_the_reason(agent_and_peer
     assert "no space left on the device for 1048576 bytes" in peer.event(job.job_id, "failed").detail
     assert peer.states(job.job_id)[:2] == ["received", "fetching"]
     assert not list((small_disk.root / "agent" / "cache" / "partial").glob("*.part"))  # nothing half-made
-    assert not agent.disk_full
+    assert not agent.keeper.disk_full
