@@ -3,7 +3,8 @@
 Fidelity (on the validation set): accuracy when labels exist (percent), top-1 agreement with the reference
 (percent of samples with the same argmax), max/mean absolute error and cosine similarity of the first
 output (flattened, float32). Latency: batch 1, a few warm-ups, then the median of timed runs for about
-``budget_s`` seconds (5-200 runs) with all host cores; noisy on a shared machine, for ranking only.
+``budget_s`` seconds (5-200 runs) with all host cores; :func:`interleaved_latency` times several
+artifacts in interleaved rounds (lowest per-round median). Still a host figure, for ranking only.
 What is timed is the runtime's own call on inputs converted once (``session.run``, the LiteRT signature
 runner): the numpy (de)quantization of int8 TFLite I/O is outside the timing, else it would dominate a
 model of tens of microseconds and rank int8 TFLite below what it is.
@@ -13,6 +14,7 @@ Memory: the process's peak-RSS growth while the artifact is loaded and run (VmHW
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import os
@@ -189,6 +191,30 @@ def latency_ms(step: Step, budget_s: float = 0.5, clock=time.perf_counter_ns) ->
         step()
         times.append(clock() - t0)
     return statistics.median(times) / 1e6
+
+
+def interleaved_latency(
+    paths: dict[str, Path],
+    feed: dict[str, np.ndarray],
+    *,
+    budget_s: float = 0.5,
+    rounds: int = 3,
+) -> dict[str, float]:
+    """Host latency of several artifacts, fairly: ``rounds`` rounds, each timing every artifact for
+    ``budget_s / rounds`` with one live session at a time (ORT's idle threads spin after a run and would
+    slow whatever runs next); each artifact's figure is the lowest of its per-round medians, so a burst
+    of load from elsewhere on the machine hits one round of one artifact, not the ranking."""
+    best: dict[str, float] = {}
+    per_round = budget_s / max(1, rounds)
+    names = list(feed)
+    for _ in range(max(1, rounds)):
+        for name, path in paths.items():
+            model = runner_for(path, names)
+            ms = latency_ms(model.bind(feed), per_round)
+            del model
+            gc.collect()
+            best[name] = min(best.get(name, ms), ms)
+    return best
 
 
 def _vm(key: str) -> float | None:

@@ -348,3 +348,4 @@ def test_a_run_without_host_latency_still_logs_every_pass(tiny_mlp_onnx, tmp_pat
     ok = [a for a in result.manifest.artifacts if a.status == "ok" and a.name in ("optimize", "fp16")]
     assert len(ok) == 2
     assert any("latency not measured" in line for line in lines)
+    assert all(a.host_latency_ms is None for a in result.manifest.artifacts)
