@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import ConvertError
+from converter.errors import ConvertError, describe_failure
 
 
 def is_factory_spec(text: str) -> bool:
@@ -85,9 +85,7 @@ def export_onnx(
             )
         prog.save(str(path), external_data=False)
     except Exception as exc:
-        raise ConvertError(
-            f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        ) from None
+        raise ConvertError(describe_failure("ONNX export failed", exc)) from None
     if check:
         from converter.data import ort_session
 

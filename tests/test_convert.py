@@ -349,3 +349,101 @@ def test_a_run_without_host_latency_still_logs_every_pass(tiny_mlp_onnx, tmp_pat
     assert len(ok) == 2
     assert any("latency not measured" in line for line in lines)
     assert all(a.host_latency_ms is None for a in result.manifest.artifacts)
+
+
+def _linear_then(op_name: str):
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(16, 8)
+
+        def forward(self, x):
+            y = self.fc(x)
+            if op_name == "nonzero":  # exports to ONNX; no TFLite lowering
+                return y + torch.nonzero(y > 100).float().sum()
+            return torch.cumprod(y, dim=1)  # no ONNX function in torch 2.13's exporter
+
+    return Model().eval()
+
+
+def nonzero_model():
+    return _linear_then("nonzero")
+
+
+def cumprod_model():
+    return _linear_then("cumprod")
+
+
+def test_unsupported_ops_are_read_from_exporter_and_converter_messages():
+    from converter.errors import describe_failure, unsupported_ops
+
+    overload = "<OpOverload(op='prims.prod', overload='default')>"
+    onnx = RuntimeError(f"Failed.\n<class 'DispatchError'>: No ONNX function found for {overload}")
+    assert unsupported_ops(onnx) == ["prims.prod"]
+    assert unsupported_ops(RuntimeError("Lowering not found: aten.erfinv.default")) == ["aten.erfinv"]
+    mlir = ValueError(
+        "loc(x): error: failed to legalize operation 'tf.Erfinv' that was explicitly marked illegal"
+    )
+    assert unsupported_ops(mlir) == ["tf.Erfinv"]
+    try:
+        try:
+            raise KeyError("while tracing aten.nonzero.default")
+        except KeyError as inner:
+            raise TypeError("Abstract tracer value encountered") from inner
+    except TypeError as chained:
+        assert unsupported_ops(chained) == ["aten.nonzero"]  # named only in the cause
+        assert describe_failure("litert-torch", chained) == (
+            "litert-torch: unsupported op aten.nonzero (TypeError: Abstract tracer value encountered)"
+        )
+    assert unsupported_ops(RuntimeError("out of memory")) == []
+
+
+def test_an_op_tflite_lacks_fails_that_pass_naming_the_op_and_the_onnx_passes_stand(tmp_path):
+    from converter.pipeline import convert
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps([{"pass": "fp16"}, {"pass": "tflite_fp32"}]))
+    res = convert(
+        "tests.test_convert:nonzero_model",
+        calib=data,
+        val=data,
+        out_dir=tmp_path / "out",
+        recipe=str(recipe),
+        latency_budget_s=0.01,
+        log=lambda m: None,
+    )
+    arts = {a.name: a for a in res.manifest.artifacts}
+    assert arts["fp16"].status == "ok"
+    assert arts["tflite_fp32"].status == "failed"
+    assert (
+        "litert-torch cannot convert the model to TFLite: unsupported op aten.nonzero"
+        in arts["tflite_fp32"].error
+    )
+
+
+def test_an_op_the_onnx_exporter_lacks_is_named(tmp_path):
+    from converter.cli import convert
+
+    data = tmp_path / "d.npy"
+    np.save(data, np.zeros((4, 16), np.float32))
+    result = CliRunner().invoke(
+        convert,
+        [
+            "tests.test_convert:cumprod_model",
+            "--calib",
+            str(data),
+            "--val",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "ONNX export failed: unsupported op prims.prod" in result.output, result.output
+    assert "Traceback" not in result.output

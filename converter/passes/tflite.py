@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from converter.errors import ConvertError
+from converter.errors import ConvertError, describe_failure
 from converter.passes import Context, Model, Output, need_torch, param, register
 
 ONNX2TF_ENV = "EDGEBENCH_ONNX2TF_PYTHON"
@@ -76,7 +76,7 @@ def _fp32_tflite(ctx: Context, base: Model) -> Path:
     try:
         litert_torch.convert(base.torch.eval(), (x,)).export(str(cached))
     except Exception as exc:
-        raise ConvertError(f"litert-torch cannot convert the model: {_first_line(exc)}") from None
+        raise ConvertError(describe_failure("litert-torch cannot convert the model to TFLite", exc)) from None
     return cached
 
 
