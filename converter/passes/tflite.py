@@ -80,11 +80,6 @@ def _fp32_tflite(ctx: Context, base: Model) -> Path:
     return cached
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _aeq(src: Path, recipe, out: Path, calibration=None) -> Path:
     from ai_edge_quantizer import quantizer
 
@@ -96,7 +91,7 @@ def _aeq(src: Path, recipe, out: Path, calibration=None) -> Path:
     try:
         qt.quantize(result).export_model(str(out), overwrite=True)
     except Exception as exc:
-        raise ConvertError(f"ai-edge-quantizer failed: {_first_line(exc)}") from None
+        raise ConvertError(describe_failure("ai-edge-quantizer failed", exc)) from None
     return out
 
 
@@ -202,7 +197,7 @@ def _pt2e(module, x: np.ndarray, out: Path) -> Path:
     except ConvertError:
         raise
     except Exception as exc:
-        raise ConvertError(f"PT2E int8 conversion failed: {_first_line(exc)}") from None
+        raise ConvertError(describe_failure("PT2E int8 conversion failed", exc)) from None
     return out
 
 
