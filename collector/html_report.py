@@ -7,6 +7,7 @@ import html
 import io
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 
 import matplotlib
 
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from collector.compare import Comparison
+from collector.op_report import OpsReport, OpsRow
 from collector.report_stats import box_stats
 from collector.reports import MatrixRow, Report
 
@@ -257,6 +259,9 @@ def render_html(report: Report, conn: sqlite3.Connection | None = None) -> str:
         plots = [p for p in (board_plot(d, s) for d, s in series.items()) if p]
         parts.append("<h2>Board temperature and clock over the run</h2>")
         parts += plots or ['<p class="note">no board samples recorded</p>']
+        from collector.op_report import ops_report
+
+        parts += ops_section(ops_report(conn, replace(report.filters, batch=None)))
     parts += ["<h2>All figures</h2>", _table(head, body, classes)]
     if len(set(r.device_id for r in report.rows)) > MAX_DEVICES_PLOTTED:
         parts.append(
@@ -297,3 +302,59 @@ def render_comparison_html(cmp: Comparison) -> str:
         f"{html.escape(cmp.candidate)}</div>{plot}{_table(head, body, classes)}"
     )
     return _page("edgebench compare", text)
+
+
+def ops_plot(device: str, rows: list[OpsRow], top: int = 6) -> str:
+    """Stacked bars per variant: the share of the profiled time each op type took (timed runtimes)."""
+    rows = [r for r in rows if r.timed]
+    if not rows:
+        return ""
+    types: list[str] = []
+    for r in rows:  # the op types that are in some row's top, in order of first appearance
+        for o in r.top(top):
+            if o.op_type not in types:
+                types.append(o.op_type)
+    colors = dict(zip(types, plt.get_cmap("tab20").colors, strict=False))
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.5))
+    labels = [f"{r.variant} · {r.runtime} · {r.threads or 'def'}t" for r in rows]
+    left = np.zeros(len(rows))
+    for t in types:
+        share = np.array([next((o.share or 0.0 for o in r.top(top) if o.op_type == t), 0.0) for r in rows])
+        ax.barh(labels, share * 100, left=left, color=colors.get(t, BASE), label=t, edgecolor="white")
+        left += share * 100
+    other = np.array([max(0.0, 100 - x) for x in left])
+    ax.barh(labels, other, left=left, color="#e4e7eb", label="other", edgecolor="white")
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of the profiled time (%), mean over runs")
+    ax.set_title(f"{device}: where the time goes (ONNX Runtime profile)", fontsize=10)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(rows) < 4 else -0.12))
+    return _png(fig)
+
+
+def ops_section(report: OpsReport, top: int = 6) -> list[str]:
+    from collector.render import ops_columns
+
+    if not report.rows:
+        return []
+    by_device: dict[str, list[OpsRow]] = {}
+    for r in report.rows:
+        by_device.setdefault(r.device_id, []).append(r)
+    plots = [
+        p for p in (ops_plot(d, rows, top) for d, rows in list(by_device.items())[:MAX_DEVICES_PLOTTED]) if p
+    ]
+    head, body = ops_columns(report, top)
+    return [
+        "<h2>Where the time goes (per-operator profiles)</h2>",
+        *plots,
+        _table(head, body, [""] * len(body)),
+        '<p class="note">ONNX Runtime times every node; LiteRT only says which ops the XNNPACK delegate '
+        "took and which stayed on the default CPU kernels.</p>",
+    ]
+
+
+def render_ops_html(report: OpsReport, top: int = 6) -> str:
+    body = ops_section(report, top) or [
+        '<p class="note">no result carries a per-operator profile (push or bench with --profile-ops)</p>'
+    ]
+    return _page("edgebench ops", "<h1>edgebench: where the time goes</h1>" + "\n".join(body))

@@ -1,4 +1,5 @@
-"""Render a latency report or a comparison as table (text), csv, json or md (html: collector.html_report)."""
+"""Render a latency report, a comparison or an ops report as table (text), csv, json or md (html:
+collector.html_report)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from collector.compare import Comparison
+from collector.op_report import OpsReport
 from collector.reports import Report
 
 FORMATS = ("table", "csv", "json", "md", "html")
@@ -216,3 +218,43 @@ def render_comparison(cmp: Comparison, fmt: str) -> str:
     if fmt == "md":
         return _md_table(head, body) + "\n\n" + "\n".join(f"- {s}" for s in summary) + "\n"
     return _text_table(head, body) + "\n\n" + "\n".join(summary) + "\n"
+
+
+def ops_columns(report: OpsReport, top: int = 5) -> tuple[list[str], list[list[str]]]:
+    head = ["device", "model", "variant", "runtime", "threads", "runs", "where the time goes", "providers"]
+    body = []
+    for r in report.rows:
+        if r.timed:
+            ops = [f"{o.op_type} {o.share * 100:.0f}%" for o in r.top(top) if o.share]  # type: ignore[operator]
+            rest = sum(o.share or 0.0 for o in r.ops[top:])
+            where = ", ".join(ops) + (f", other {rest * 100:.0f}%" if rest >= 0.005 else "")
+        else:
+            where = (
+                "not timed by the runtime; ops: "
+                + ", ".join(f"{o.op_type} x{o.nodes}" if o.nodes > 1 else o.op_type for o in r.top(top))
+                + (", ..." if len(r.ops) > top else "")
+            )
+        providers = ", ".join(f"{p} {n}" for p, n in r.providers)
+        body.append(
+            [r.device_id, r.model or "-", r.variant or "-", r.runtime, str(r.threads or "def"), str(r.runs),
+             where, providers]
+        )  # fmt: skip
+    return head, body
+
+
+def render_ops(report: OpsReport, fmt: str, top: int = 5) -> str:
+    if fmt == "json":
+        data = {"profiled_runs": report.profiled_runs, "rows": [asdict(r) for r in report.rows]}
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+    if fmt == "html":
+        from collector.html_report import render_ops_html
+
+        return render_ops_html(report, top)
+    if not report.rows:
+        return "no result carries a per-operator profile (push or bench with --profile-ops)\n"
+    head, body = ops_columns(report, top)
+    if fmt == "csv":
+        return _csv(head, body)
+    if fmt == "md":
+        return _md_table(head, body) + "\n"
+    return _text_table(head, body) + f"\n\n{report.profiled_runs} profiled run(s)\n"

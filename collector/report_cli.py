@@ -233,3 +233,46 @@ def compare(
         conn.close()
     if fail_on_regression and result.regressions:
         raise SystemExit(1)
+
+
+@report_group.command("ops")
+@_db_option
+@_filter_options
+@click.option("--batch", type=int, default=None, help="Only this batch size (default: any).")
+@click.option("--top", type=int, default=5, show_default=True, help="Op types shown per row.")
+@_output_options
+@_friendly
+def ops(
+    db_path: Path,
+    model: str | None,
+    devices: tuple[str, ...],
+    tag: str | None,
+    since: str | None,
+    until: str | None,
+    threads: int | None,
+    batch: int | None,
+    top: int,
+    fmt: str,
+    out: Path | None,
+) -> None:
+    """Where the time goes on each device: the op types of the per-operator profiles (runs made with
+    --profile-ops), by their mean share of the profiled time; for LiteRT, which ops the XNNPACK delegate
+    took and which stayed on the CPU kernels."""
+    from collector.op_report import ops_report
+    from collector.render import render_ops
+    from collector.reports import ReportFilter, parse_since
+
+    filters = ReportFilter(
+        model=model,
+        devices=devices,
+        tag=tag,
+        since=parse_since(since) if since else None,
+        until=parse_since(until) if until else None,
+        batch=batch,
+        threads=threads,
+    )
+    conn = _open(db_path)
+    try:
+        _emit(render_ops(ops_report(conn, filters), fmt, max(1, top)), out)
+    finally:
+        conn.close()

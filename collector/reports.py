@@ -133,7 +133,9 @@ def _device_tags(conn: sqlite3.Connection) -> dict[str, set[str]]:
     return tags
 
 
-def _select_cells(conn: sqlite3.Connection, f: ReportFilter) -> list[tuple[Any, ...]]:
+def resolve_devices(conn: sqlite3.Connection, f: ReportFilter) -> set[str]:
+    """The devices a filter names (``--device``, ``--tag``), checked against the known ones; an empty set
+    means every device. Unknown names raise :class:`ReportError` listing what is known."""
     known_tags = _device_tags(conn)
     devices = set(f.devices)
     for d in devices:
@@ -150,6 +152,11 @@ def _select_cells(conn: sqlite3.Connection, f: ReportFilter) -> list[tuple[Any, 
         devices = (devices & tagged) if devices else tagged
         if not devices:
             raise ReportError(f"none of the devices {', '.join(f.devices)} has the tag {f.tag!r}")
+    return devices
+
+
+def _select_cells(conn: sqlite3.Connection, f: ReportFilter) -> list[tuple[Any, ...]]:
+    devices = resolve_devices(conn, f)
     where, params = ["1 = 1"], []
     if f.model is not None:
         models = [r[0] for r in conn.execute("SELECT DISTINCT model FROM report_cells")]
