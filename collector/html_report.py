@@ -206,6 +206,7 @@ def board_plot(device: str, series: list[tuple[str, list[dict]]]) -> str:
 
 def _table(head: list[str], body: list[list[str]], classes: list[str]) -> str:
     left = {"device", "model", "variant", "format", "precision", "energy method", "verdict", "runtime"}
+    left |= {"where the time goes", "providers"}
     th = "".join(f'<th class="{"l" if h in left else ""}">{html.escape(h)}</th>' for h in head)
     trs = []
     for row, cls in zip(body, classes, strict=False):
@@ -304,17 +305,23 @@ def render_comparison_html(cmp: Comparison) -> str:
     return _page("edgebench compare", text)
 
 
-def ops_plot(device: str, rows: list[OpsRow], top: int = 6) -> str:
+def _op_colors(rows: Sequence[OpsRow], top: int) -> dict[str, tuple[float, ...]]:
+    """One color per op type for the whole report (the same op looks the same on every device)."""
+    types: list[str] = []
+    for r in rows:  # op types in some timed row's top, in order of first appearance
+        for o in r.top(top):
+            if r.timed and o.op_type not in types:
+                types.append(o.op_type)
+    palette = plt.get_cmap("tab20").colors
+    return {t: palette[i % len(palette)] for i, t in enumerate(types)}
+
+
+def ops_plot(device: str, rows: list[OpsRow], top: int, colors: dict[str, tuple[float, ...]]) -> str:
     """Stacked bars per variant: the share of the profiled time each op type took (timed runtimes)."""
     rows = [r for r in rows if r.timed]
     if not rows:
         return ""
-    types: list[str] = []
-    for r in rows:  # the op types that are in some row's top, in order of first appearance
-        for o in r.top(top):
-            if o.op_type not in types:
-                types.append(o.op_type)
-    colors = dict(zip(types, plt.get_cmap("tab20").colors, strict=False))
+    types = [t for t in colors if any(o.op_type == t for r in rows for o in r.top(top))]
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.5))
     labels = [f"{r.variant} · {r.runtime} · {r.threads or 'def'}t" for r in rows]
     left = np.zeros(len(rows))
@@ -328,7 +335,7 @@ def ops_plot(device: str, rows: list[OpsRow], top: int = 6) -> str:
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of the profiled time (%), mean over runs")
     ax.set_title(f"{device}: where the time goes (ONNX Runtime profile)", fontsize=10)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(rows) < 4 else -0.12))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
 
 
@@ -340,9 +347,9 @@ def ops_section(report: OpsReport, top: int = 6) -> list[str]:
     by_device: dict[str, list[OpsRow]] = {}
     for r in report.rows:
         by_device.setdefault(r.device_id, []).append(r)
-    plots = [
-        p for p in (ops_plot(d, rows, top) for d, rows in list(by_device.items())[:MAX_DEVICES_PLOTTED]) if p
-    ]
+    colors = _op_colors(report.rows, top)
+    shown = list(by_device.items())[:MAX_DEVICES_PLOTTED]
+    plots = [p for p in (ops_plot(d, rows, top, colors) for d, rows in shown) if p]
     head, body = ops_columns(report, top)
     return [
         "<h2>Where the time goes (per-operator profiles)</h2>",

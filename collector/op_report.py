@@ -40,7 +40,7 @@ class OpTypeShare:
 class OpsRow:
     device_id: str
     model: str
-    variant: str
+    variant: str  # the artifact's name when it has no variant (a plain `edgebench bench` run)
     runtime: str
     threads: int
     runs: int  # runs with a profile
@@ -85,8 +85,9 @@ def ops_report(conn: sqlite3.Connection, f: ReportFilter | None = None) -> OpsRe
     f = f or ReportFilter(batch=None)
     where, params = _where(conn, f)
     sql = (
-        "SELECT device_id, model, variant, runtime, threads, finished_at, "
-        f"json_extract(record, '$.profile') FROM results WHERE {where} ORDER BY finished_at, result_id"
+        "SELECT device_id, model, COALESCE(NULLIF(variant, ''), artifact_name), runtime, threads, "
+        f"finished_at, json_extract(record, '$.profile') FROM results WHERE {where} "
+        "ORDER BY finished_at, result_id"
     )
     runs: dict[tuple[str, str, str, str, int], list[tuple[str, list[dict]]]] = defaultdict(list)
     for device, model, variant, runtime, threads, finished, raw in conn.execute(sql, params):

@@ -228,12 +228,13 @@ def ops_columns(report: OpsReport, top: int = 5) -> tuple[list[str], list[list[s
             ops = [f"{o.op_type} {o.share * 100:.0f}%" for o in r.top(top) if o.share]  # type: ignore[operator]
             rest = sum(o.share or 0.0 for o in r.ops[top:])
             where = ", ".join(ops) + (f", other {rest * 100:.0f}%" if rest >= 0.005 else "")
-        else:
-            where = (
-                "not timed by the runtime; ops: "
-                + ", ".join(f"{o.op_type} x{o.nodes}" if o.nodes > 1 else o.op_type for o in r.top(top))
-                + (", ..." if len(r.ops) > top else "")
-            )
+        else:  # LiteRT: no per-op time; what matters is which ops the delegate did not take
+            undelegated = [o.op_type for o in r.ops if any("delegate" not in p for p in o.providers)]
+            delegates = sorted({p for o in r.ops for p in o.providers if "delegate" in p})
+            if undelegated:
+                where = f"not timed; left on CPU kernels: {', '.join(undelegated)}"
+            else:
+                where = f"not timed; every op on {', '.join(delegates) or 'one provider'}"
         providers = ", ".join(f"{p} {n}" for p, n in r.providers)
         body.append(
             [r.device_id, r.model or "-", r.variant or "-", r.runtime, str(r.threads or "def"), str(r.runs),

@@ -93,7 +93,7 @@ def test_cli_formats(db, db_path):
     table = run()
     assert table.exit_code == 0, table.output
     assert "Conv 70%, Gemm 30%" in table.output
-    assert "not timed by the runtime; ops: CONV_2D x2, SOFTMAX" in table.output
+    assert "not timed; left on CPU kernels: SOFTMAX" in table.output
     assert "XNNPACK delegate 2, CPU kernels 1" in table.output
     data = json.loads(run("--format", "json").output)
     assert data["profiled_runs"] == 3 and data["rows"][0]["ops"][0]["op_type"] == "Conv"
@@ -127,3 +127,11 @@ def test_real_profiles_from_the_agent_end_up_in_the_report(db_path, tiny_mlp_onn
     assert rows["onnxruntime"].timed and sum(o.share or 0 for o in rows["onnxruntime"].ops) > 0.5
     assert {o.op_type for o in rows["onnxruntime"].ops} & {"MatMul", "Gemm", "FusedGemm", "FusedMatMul"}
     assert not rows["litert"].timed and rows["litert"].providers[0][0] in ("XNNPACK delegate", "CPU kernels")
+
+
+def test_the_latency_html_report_has_the_section_when_profiles_exist(db):
+    from collector.render import render_report
+    from collector.reports import latency_report
+
+    html = render_report(latency_report(db, ReportFilter()), "html", db)
+    assert "Where the time goes (per-operator profiles)" in html and "Conv 70%, Gemm 30%" in html
