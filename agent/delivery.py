@@ -271,7 +271,8 @@ def _allocate(path: Path, ref: ArtifactRef) -> None:
         raise DeliveryError(f"{ref.name}: cannot create {path}: {exc.strerror}") from None
     try:
         try:
-            os.posix_fallocate(fd, 0, max(1, ref.size_bytes))
+            if ref.size_bytes > 0:
+                os.posix_fallocate(fd, 0, ref.size_bytes)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise DeliveryError(
