@@ -37,6 +37,7 @@ __all__ = [
     "OutboxStats",
     "SqliteOutbox",
     "open_outbox",
+    "read_stats",
 ]
 
 
@@ -264,6 +265,24 @@ class SqliteOutbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def read_stats(path: str | Path) -> OutboxStats:
+    """The stats of an outbox file without writing to it (works on a full disk, beside a running agent)."""
+    try:
+        db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+    try:
+        (pending,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        (rejected,) = db.execute("SELECT count(*) FROM rejected").fetchone()
+        row = db.execute("SELECT reason FROM rejected ORDER BY rejected_at DESC, id DESC LIMIT 1").fetchone()
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read outbox {path}: {exc}") from None
+    finally:
+        db.close()
+    return OutboxStats(pending, counters["dropped"], rejected, counters["acked"], row[0] if row else "")
 
 
 def open_outbox(

@@ -102,8 +102,16 @@ def status(as_json: bool, **kw) -> None:
     click.echo(f"jobs     {jobs}")
     for job in info.get("recent_jobs", []):
         click.echo(f"         {job['job_id']}  {job['state']:<10} {job['updated_at']}  {job['detail']}")
+    if o.get("error"):
+        click.echo(f"         {o['error']}")
     c = info["cache"]
     click.echo(f"cache    {c['artifacts']} artifact(s), {c['bytes'] / 2**20:.1f} MB")
+    d = info.get("disk") or {}
+    if d:
+        full = "  FULL: new results are held in memory until there is room" if d["free_bytes"] < 2**20 else ""
+        click.echo(
+            f"disk     {d['free_bytes'] / 2**20:.1f} MB free of {d['total_bytes'] / 2**30:.1f} GB{full}"
+        )
 
 
 @click.group(name="keys")

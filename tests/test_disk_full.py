@@ -181,3 +181,22 @@ def test_artifact_that_does_not_fit_fails_its_job_with_the_reason(agent_and_peer
     assert peer.states(job.job_id)[:2] == ["received", "fetching"]
     assert not list((small_disk.root / "agent" / "cache" / "partial").glob("*.part"))  # nothing half-made
     assert not agent.keeper.disk_full
+
+
+def test_agent_status_answers_on_a_full_disk_and_says_so(agent_and_peer, small_disk, tmp_path):
+    from click.testing import CliRunner
+
+    from agent.service_cli import agent_group
+    from agent.status import agent_status
+
+    agent, _, _ = agent_and_peer
+    agent.transport.stop()  # broker link gone: the row below stays pending
+    agent.outbox.put(topics.results(DEVICE), make_record(DEVICE).to_json().encode())
+    small_disk.fill()
+    info = agent_status(agent.config)
+    assert info["outbox"]["pending"] >= 1 and "error" not in info["outbox"]
+    assert info["disk"]["free_bytes"] == 0
+    args = ["--data-dir", str(agent.config.data_dir), "--device-id", DEVICE]
+    out = CliRunner().invoke(agent_group, ["status", *args])
+    assert out.exit_code == 0, out.output
+    assert "FULL: new results are held in memory" in out.output
