@@ -283,7 +283,9 @@ def _push(options, work, db, key, broker, ids, manifest_path, log) -> _PushSumma
         signing_key=str(key),
         broker=BrokerSettings(host=broker.host, port=broker.port, mqtt_version=broker.mqtt_version),
     )
-    settings = BenchSettings(preset=options.preset, min_time_s=options.min_time_s)
+    # profile_ops: each device also profiles every artifact after its timed runs (a separate session,
+    # so the timings are untouched) and the HTML report shows where the time goes.
+    settings = BenchSettings(preset=options.preset, min_time_s=options.min_time_s, profile_ops=True)
     database = open_db(db)
     shown: dict[str, str] = {}
 

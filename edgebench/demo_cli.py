@@ -71,5 +71,6 @@ def demo(workdir: Path, device_count: int, model: str | None, calib: Path | None
     click.echo(
         f"\ndone in {result.seconds:.0f} s: {result.results} results from {len(result.devices)} devices x "
         f"{len(result.variants)} variants.\nExplore: edgebench report latency --db {result.db_path}"
-        f"  |  edgebench fleet devices --db {result.db_path}  |  datasette {result.db_path}"
+        f"  |  edgebench report ops --db {result.db_path}  |  edgebench fleet devices --db {result.db_path}"
+        f"  |  datasette {result.db_path}"
     )
