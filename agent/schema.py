@@ -236,7 +236,7 @@ class DeviceStatus(_Message):
     facts: DeviceInfo | None = None
     tags: tuple[str, ...] = ()
     current_job: str | None = None
-    outbox_pending: int | None = None
+    outbox_pending: int | None = None  # not yet acknowledged: in the outbox, or held in memory (full disk)
     outbox_dropped: int | None = None
     uptime_s: float | None = None
 

@@ -415,7 +415,7 @@ class AgentService:
             facts=self.device if reason in ("birth", "last-will") else None,
             tags=self.config.tags,
             current_job=self.current_job,
-            outbox_pending=stats.pending,
+            outbox_pending=stats.pending + (self.keeper.held if hasattr(self, "keeper") else 0),
             outbox_dropped=stats.dropped,
             uptime_s=round(time.monotonic() - self._started, 1),
         )

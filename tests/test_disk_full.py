@@ -108,6 +108,11 @@ def test_agent_holds_results_while_the_disk_is_full_then_delivers_each_once(
     assert any("held in memory" in e for e in agent.errors)
     assert peer.result_ids() == []  # nothing was stored, so nothing was sent
     assert agent.jobs.get(job.job_id).state == "running"  # the worker waits; no new job starts
+    stored = agent.outbox.stats().pending
+    # the heartbeat counts what waits in memory too, so the fleet sees the backlog grow
+    assert wait_until(
+        lambda: any(s.reason == "heartbeat" and (s.outbox_pending or 0) > stored for s in peer.statuses), 10
+    )
     small_disk.free()
     assert wait_until(lambda: len(peer.result_ids()) == 2, 60)  # retried within its backoff
     assert wait_until(lambda: peer.event(job.job_id, "done") is not None, 30)
