@@ -85,6 +85,31 @@ def _friendly(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _filters(
+    model: str | None,
+    devices: tuple[str, ...],
+    tag: str | None,
+    since: str | None,
+    until: str | None,
+    batch: int | None,
+    threads: int | None,
+    baseline: str | None = None,
+) -> Any:
+    """The filter options as a :class:`collector.reports.ReportFilter` (times parsed)."""
+    from collector.reports import ReportFilter, parse_since
+
+    return ReportFilter(
+        model=model,
+        devices=devices,
+        tag=tag,
+        since=parse_since(since) if since else None,
+        until=parse_since(until) if until else None,
+        batch=batch,
+        threads=threads,
+        baseline=baseline,
+    )
+
+
 def _open(db_path: Path) -> sqlite3.Connection:
     from collector.store import StoreError, open_db
 
@@ -149,18 +174,9 @@ def latency(
     delta, and the variant to ship on each device (the fastest within the accuracy budget, never one
     slower than fp32)."""
     from collector.render import render_report
-    from collector.reports import ReportFilter, latency_report, parse_since
+    from collector.reports import latency_report
 
-    filters = ReportFilter(
-        model=model,
-        devices=devices,
-        tag=tag,
-        since=parse_since(since) if since else None,
-        until=parse_since(until) if until else None,
-        batch=batch,
-        threads=threads,
-        baseline=baseline,
-    )
+    filters = _filters(model, devices, tag, since, until, batch, threads, baseline)
     conn = _open(db_path)
     try:
         report = latency_report(conn, filters, max_accuracy_drop=max_accuracy_drop, manifest=manifest)
@@ -260,17 +276,8 @@ def ops(
     took and which stayed on the CPU kernels."""
     from collector.op_report import ops_report
     from collector.render import render_ops
-    from collector.reports import ReportFilter, parse_since
 
-    filters = ReportFilter(
-        model=model,
-        devices=devices,
-        tag=tag,
-        since=parse_since(since) if since else None,
-        until=parse_since(until) if until else None,
-        batch=batch,
-        threads=threads,
-    )
+    filters = _filters(model, devices, tag, since, until, batch, threads)
     conn = _open(db_path)
     try:
         _emit(render_ops(ops_report(conn, filters), fmt, max(1, top)), out)
