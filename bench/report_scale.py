@@ -65,7 +65,7 @@ def fill(path: Path, rows: int, devices: int = 20) -> float:
                   accuracy_metric, accuracy_value, accuracy_delta, job_id,
                   strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || (abs(random()) % 7776000) || ' seconds'),
                   strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || (abs(random()) % 7776000) || ' seconds'),
-                  received_at, record
+                  received_at, record, profile_ops
                 FROM seq JOIN results t ON t.rowid = 1 + (seq.i * 7919 + {have}) % {len(templates)}"""
             )
         have += step

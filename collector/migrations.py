@@ -26,7 +26,7 @@ class Migration:
     statements: tuple[str, ...]
 
 
-RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+RESULT_COLUMNS_V1: tuple[tuple[str, str], ...] = (  # migration 1's table: the contract, never edited
     ("result_id", "TEXT PRIMARY KEY"),
     ("device_id", "TEXT NOT NULL"),
     ("model", "TEXT"),
@@ -79,11 +79,17 @@ RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("record", "TEXT NOT NULL"),
 )
 
+# Columns added by later migrations, in the order they were added (an insert fills them all).
+RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    *RESULT_COLUMNS_V1,
+    ("profile_ops", "INTEGER"),  # migration 4: ops in the per-operator profile (0: none)
+)
+
 RESULT_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in RESULT_COLUMNS)
 
 
 def _create_results() -> str:
-    cols = ",\n  ".join(f"[{name}] {decl}" for name, decl in RESULT_COLUMNS)
+    cols = ",\n  ".join(f"[{name}] {decl}" for name, decl in RESULT_COLUMNS_V1)
     return f"CREATE TABLE IF NOT EXISTS results (\n  {cols}\n)"
 
 
@@ -179,6 +185,16 @@ MIGRATIONS: tuple[Migration, ...] = (
   received INTEGER, committed INTEGER, results_inserted INTEGER, results_duplicate INTEGER,
   dead_letters INTEGER, queue_depth INTEGER, rate_per_s REAL, lag_s REAL, chunks_served INTEGER
 )""",
+        ),
+    ),
+    Migration(
+        4,
+        "results.profile_ops: which results carry a per-operator profile (report ops), partial index",
+        (
+            "ALTER TABLE results ADD COLUMN profile_ops INTEGER",
+            "UPDATE results SET profile_ops = json_array_length(record, '$.profile') "
+            "WHERE instr(record, '\"profile\":[{') > 0",
+            "CREATE INDEX IF NOT EXISTS idx_results_profiled ON results(profile_ops) WHERE profile_ops > 0",
         ),
     ),
 )

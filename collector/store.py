@@ -165,6 +165,7 @@ def result_row(record: ResultRecord, received_at: str, record_json: str | None =
         record.finished_at,
         received_at,
         record_json if record_json is not None else record.to_json(),
+        len(record.profile),
     )
 
 

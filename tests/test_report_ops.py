@@ -135,3 +135,31 @@ def test_the_latency_html_report_has_the_section_when_profiles_exist(db):
 
     html = render_report(latency_report(db, ReportFilter()), "html", db)
     assert "Where the time goes (per-operator profiles)" in html and "Conv 70%, Gemm 30%" in html
+
+
+def test_migration_4_marks_the_profiled_results_of_an_older_database(db_path):
+    import sqlite3
+
+    from collector.migrations import MIGRATIONS, RESULT_COLUMNS_V1, apply_migrations
+
+    conn = sqlite3.connect(db_path)
+    apply_migrations(conn, MIGRATIONS[:3])  # a database from before migration 4
+    profiled, plain = _ort(0.6, "2025-01-01T00:00:01.000Z"), make_record("pi-a")
+    names = [n for n, _ in RESULT_COLUMNS_V1]
+    for rec in (profiled, plain):
+        conn.execute(
+            "INSERT INTO results (result_id, device_id, model, variant, runtime, threads, status, "
+            "finished_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rec.result_id, "pi-a", "mlp", "v", "onnxruntime", 1, "ok", rec.finished_at, rec.to_json()),
+        )
+    conn.commit()
+    assert "profile_ops" not in names
+    assert apply_migrations(conn) == [4]
+    marks = dict(conn.execute("SELECT result_id, profile_ops FROM results"))
+    assert marks == {profiled.result_id: 3, plain.result_id: None}
+    assert [r.runs for r in ops_report(conn).rows] == [1]
+    plan = " ".join(
+        r[3] for r in conn.execute("EXPLAIN QUERY PLAN SELECT * FROM results WHERE profile_ops > 0")
+    )
+    assert "idx_results_profiled" in plan
+    conn.close()

@@ -72,6 +72,7 @@ CONTRACT_RESULT_COLUMNS = (
     "finished_at",
     "received_at",
     "record",
+    "profile_ops",  # migration 4
 )
 
 
