@@ -416,18 +416,21 @@ class DeviceRow:
     results: int
     agent_version: str
     current_job: str
+    outbox_pending: int | None = None  # from its last status: results/events not yet delivered
 
 
 def list_devices(db: sqlite_utils.Database) -> list[DeviceRow]:
     counts = dict(db.conn.execute("SELECT device_id, COUNT(*) FROM results GROUP BY device_id").fetchall())
     tags = _device_tags(db)
     rows = db.conn.execute(
-        "SELECT device_id, board, online, last_seen, agent_version, current_job FROM devices "
+        "SELECT device_id, board, online, last_seen, agent_version, current_job, outbox_pending FROM devices "
         "ORDER BY device_id"
     ).fetchall()
     out = [
-        DeviceRow(d, b or "", tags.get(d, ()), bool(on), ls or "", int(counts.pop(d, 0)), av or "", cj or "")
-        for d, b, on, ls, av, cj in rows
+        DeviceRow(
+            d, b or "", tags.get(d, ()), bool(on), ls or "", int(counts.pop(d, 0)), av or "", cj or "", op
+        )
+        for d, b, on, ls, av, cj, op in rows
     ]
     # devices that sent results but never a status message (e.g. the registry was reset)
     out += [DeviceRow(d, "", (), False, "", int(n), "", "") for d, n in sorted(counts.items())]

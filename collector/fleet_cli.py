@@ -53,7 +53,8 @@ config_option = click.option(
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def devices(db: str | None, config_path: str | None, as_json: bool) -> None:
-    """Every known device: id, board, tags, online, last seen, results stored."""
+    """Every known device: id, board, tags, online, last seen, results stored, messages still pending
+    on the device (its outbox plus what it holds in memory, from its last status)."""
     import dataclasses
     import json
 
@@ -69,7 +70,7 @@ def devices(db: str | None, config_path: str | None, as_json: bool) -> None:
         return
     click.echo(
         _table(
-            ["DEVICE", "BOARD", "TAGS", "ONLINE", "LAST SEEN", "RESULTS", "JOB"],
+            ["DEVICE", "BOARD", "TAGS", "ONLINE", "LAST SEEN", "RESULTS", "PENDING", "JOB"],
             [
                 [
                     r.device_id,
@@ -78,6 +79,7 @@ def devices(db: str | None, config_path: str | None, as_json: bool) -> None:
                     "yes" if r.online else "no",
                     r.last_seen or "-",
                     str(r.results),
+                    "-" if r.outbox_pending is None else str(r.outbox_pending),
                     r.current_job[:8] or "-",
                 ]
                 for r in rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -152,13 +153,15 @@ def test_listings_and_cli_bad_input(db_path, tmp_path, tiny_mlp_onnx):
     db = open_db(db_path)
     empty = runner.invoke(fleet_group, ["devices", "--db", str(db_path)])
     assert empty.exit_code == 0 and "no devices yet" in empty.output
-    upsert_device(db, make_status("pi-a", tags=("lab",)))
+    upsert_device(db, replace(make_status("pi-a", tags=("lab",)), outbox_pending=7))
     insert_results(db, [make_record("pi-a") for _ in range(3)] + [make_record("ghost")])
     rows = {r.device_id: r for r in list_devices(db)}
     assert rows["pi-a"].results == 3 and rows["pi-a"].online and rows["pi-a"].tags == ("lab",)
+    assert rows["pi-a"].outbox_pending == 7 and rows["ghost"].outbox_pending is None
     assert rows["ghost"].results == 1 and not rows["ghost"].online
     out = runner.invoke(fleet_group, ["devices", "--db", str(db_path)])
-    assert out.exit_code == 0 and "pi-a" in out.output and "lab" in out.output
+    assert out.exit_code == 0 and "pi-a" in out.output and "lab" in out.output and "PENDING" in out.output
+    assert out.output.splitlines()[1].split()[-2] == "7"  # pi-a: PENDING, before JOB
     job = build_job(collect_artifacts([tiny_mlp_onnx]), "all", BenchSettings())
     record_job(db, job)
     from collector.store import insert_job_events
