@@ -1,6 +1,6 @@
 """manifest.json: what the converter produced and how faithful each artifact is (stdlib only).
 
-Schema version 1 (see /work/notes/contracts.md)::
+Schema version 1 (``SCHEMA_VERSION``; what ``fleet push`` reads, see README "Convert a model")::
 
     {"schema_version": 1, "created_at": "...Z",
      "source": {"name", "path", "sha256", "format"},
