@@ -270,19 +270,26 @@ def _allocate(path: Path, ref: ArtifactRef) -> None:
     except OSError as exc:
         raise DeliveryError(f"{ref.name}: cannot create {path}: {exc.strerror}") from None
     try:
+        _reserve(fd, ref.size_bytes)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise DeliveryError(
+                f"{ref.name}: no space left on the device for {ref.size_bytes} bytes in {path.parent}"
+            ) from None
+        raise DeliveryError(f"{ref.name}: cannot allocate {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes; where the platform or file system cannot, a sparse file (ENOSPC raises)."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if size > 0 and fallocate is not None:
         try:
-            if ref.size_bytes > 0:
-                os.posix_fallocate(fd, 0, ref.size_bytes)
+            fallocate(fd, 0, size)
+            return
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise DeliveryError(
-                    f"{ref.name}: no space left on the device for {ref.size_bytes} bytes in {path.parent}"
-                ) from None
-            os.ftruncate(fd, ref.size_bytes)  # the file system cannot reserve: sparse, as before
-        except AttributeError:  # no posix_fallocate on this platform
-            os.ftruncate(fd, ref.size_bytes)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+                raise
+    os.ftruncate(fd, size)

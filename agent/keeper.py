@@ -49,12 +49,12 @@ class MessageKeeper:
         self._held: deque[tuple[str, bytes, str]] = deque()  # (topic, payload, what)
         self.disk_full = False  # the outbox refused a message for space (cleared once one goes in)
         self.unstored = 0  # held messages that neither the outbox nor the broker took (logged whole)
-        self._waiting = 0  # 1 while the worker waits with its own message
+        self._waiting = False  # the worker waits with its own message
 
     @property
     def held(self) -> int:
         """Messages in memory for lack of disk space (the held queue and the one the worker waits on)."""
-        return len(self._held) + self._waiting
+        return len(self._held) + int(self._waiting)
 
     def store(self, topic: str, payload: bytes, what: str) -> None:
         """Into the outbox, or held (full disk). PayloadTooLarge and other OutboxErrors raise."""
@@ -79,14 +79,14 @@ class MessageKeeper:
                 except OutboxFull as exc:
                     self._note_full(what, exc)
                 else:
-                    self._waiting = 0
+                    self._waiting = False
                     self._note_room(what)
                     return
             if self._stopping.is_set():
-                self._waiting = 0
+                self._waiting = False
                 self._last_resort(topic, payload, what)
                 return
-            self._waiting = 1
+            self._waiting = True
             self._stopping.wait(delay)
             delay = min(delay * 2, self._max_delay_s)
 

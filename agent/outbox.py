@@ -255,12 +255,7 @@ class SqliteOutbox:
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            (pending,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
-            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            (rejected,) = self._db.execute("SELECT count(*) FROM rejected").fetchone()
-            last = self._db.execute("SELECT reason FROM rejected ORDER BY rejected_at DESC, id DESC LIMIT 1")
-            row = last.fetchone()
-        return OutboxStats(pending, counters["dropped"], rejected, counters["acked"], row[0] if row else "")
+            return _stats(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -274,14 +269,18 @@ def read_stats(path: str | Path) -> OutboxStats:
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read outbox {path}: {exc}") from None
     try:
-        (pending,) = db.execute("SELECT count(*) FROM outbox").fetchone()
-        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-        (rejected,) = db.execute("SELECT count(*) FROM rejected").fetchone()
-        row = db.execute("SELECT reason FROM rejected ORDER BY rejected_at DESC, id DESC LIMIT 1").fetchone()
+        return _stats(db)
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read outbox {path}: {exc}") from None
     finally:
         db.close()
+
+
+def _stats(db: sqlite3.Connection) -> OutboxStats:
+    (pending,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+    counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    (rejected,) = db.execute("SELECT count(*) FROM rejected").fetchone()
+    row = db.execute("SELECT reason FROM rejected ORDER BY rejected_at DESC, id DESC LIMIT 1").fetchone()
     return OutboxStats(pending, counters["dropped"], rejected, counters["acked"], row[0] if row else "")
 
 

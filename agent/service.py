@@ -106,6 +106,13 @@ class AgentService:
         self.current_job: str | None = None
         self.undeliverable = 0  # results that could not even be stored (payload limit)
         self._worker: threading.Thread | None = None
+        self.keeper = MessageKeeper(  # every result and event goes through it (full disk: hold, retry)
+            lambda topic, payload: self.transport.enqueue(topic, payload),
+            self._publish_direct,
+            stopping=self.stopping,
+            may_wait=lambda: threading.current_thread() is self._worker,
+            on_error=self._error,
+        )
         self._wake = threading.Event()
         self._cancel: threading.Event | None = None
         self._cancel_reason = ""
@@ -141,13 +148,6 @@ class AgentService:
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_error=self.errors.append,
-        )
-        self.keeper = MessageKeeper(
-            self.transport.enqueue,
-            self._publish_direct,
-            stopping=self.stopping,
-            may_wait=lambda: threading.current_thread() is self._worker,
-            on_error=self._error,
         )
         self.fetcher = ArtifactFetcher(
             self.cache,
@@ -415,7 +415,7 @@ class AgentService:
             facts=self.device if reason in ("birth", "last-will") else None,
             tags=self.config.tags,
             current_job=self.current_job,
-            outbox_pending=stats.pending + (self.keeper.held if hasattr(self, "keeper") else 0),
+            outbox_pending=stats.pending + self.keeper.held,
             outbox_dropped=stats.dropped,
             uptime_s=round(time.monotonic() - self._started, 1),
         )

@@ -16,7 +16,6 @@ are batch 1, all cores, timed in --rounds interleaved rounds (min over rounds of
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 import tempfile
 import time
@@ -127,7 +126,7 @@ def interleaved_latency(result, rounds: int, budget_s: float) -> dict[str, float
     minimum over rounds of each round's median: load bursts from other processes on a shared machine hit
     one round, not one artifact."""
     from converter.data import load_dataset, onnx_input_specs
-    from converter.evaluate import latency_ms, runner_for
+    from converter.evaluate import interleaved_latency as timed_rounds
 
     ref_path = result.reference.path(result.manifest_path)
     specs = onnx_input_specs(ref_path)
@@ -137,17 +136,8 @@ def interleaved_latency(result, rounds: int, budget_s: float) -> dict[str, float
 
         val_path = digits_paths().val
     feed = {k: v[:1] for k, v in load_dataset(val_path, specs).inputs.items()}
-    arts = [a for a in result.manifest.artifacts if a.status == "ok"]
-    best: dict[str, float] = {}
-    for _ in range(rounds):
-        for a in arts:
-            # one live session at a time: ORT's idle threads spin after a run and would slow the next one
-            model = runner_for(a.path(result.manifest_path), list(feed))
-            ms = latency_ms(model.bind(feed), budget_s)
-            del model
-            gc.collect()
-            best[a.name] = min(best.get(a.name, ms), ms)
-    return best
+    paths = {a.name: a.path(result.manifest_path) for a in result.manifest.artifacts if a.status == "ok"}
+    return timed_rounds(paths, feed, budget_s=budget_s * rounds, rounds=rounds)  # budget_s per round
 
 
 def random_data(path: Path, n: int, seed: int) -> Path:

@@ -104,29 +104,40 @@ def ops_report(conn: sqlite3.Connection, f: ReportFilter | None = None) -> OpsRe
     return OpsReport(tuple(rows), sum(len(v) for v in runs.values()))
 
 
+_Op = tuple[str, float, float, str]  # op type, share, mean ms, provider
+
+
+def _parse(profile: list[dict]) -> list[_Op]:
+    return [
+        (
+            str(op.get("op_type", "?")),
+            float(op.get("share") or 0.0),
+            float(op.get("mean_ms") or 0.0),
+            str(op.get("provider") or "-"),
+        )
+        for op in profile
+    ]
+
+
 def _row(key: tuple[str, str, str, str, int], found: list[tuple[str, list[dict]]]) -> OpsRow:
     share_sum: dict[str, float] = defaultdict(float)
     ms_sum: dict[str, float] = defaultdict(float)
     timed_runs = 0
     for _, profile in found:
-        per_type_share: dict[str, float] = defaultdict(float)
-        per_type_ms: dict[str, float] = defaultdict(float)
-        for op in profile:
-            per_type_share[str(op.get("op_type", "?"))] += float(op.get("share") or 0.0)
-            per_type_ms[str(op.get("op_type", "?"))] += float(op.get("mean_ms") or 0.0)
-        if sum(per_type_share.values()) > 0:
-            timed_runs += 1
-            for t, v in per_type_share.items():
-                share_sum[t] += v
-            for t, v in per_type_ms.items():
-                ms_sum[t] += v
-    last_at, last = found[-1]
-    nodes = Counter(str(op.get("op_type", "?")) for op in last)
+        ops = _parse(profile)
+        if sum(share for _, share, _, _ in ops) <= 0:
+            continue  # a runtime that times no op (LiteRT)
+        timed_runs += 1
+        for op_type, share, ms, _ in ops:
+            share_sum[op_type] += share
+            ms_sum[op_type] += ms
+    last_at, raw_last = found[-1]
+    last = _parse(raw_last)
+    nodes = Counter(op_type for op_type, _, _, _ in last)
     providers_by_type: dict[str, set[str]] = defaultdict(set)
-    for op in last:
-        providers_by_type[str(op.get("op_type", "?"))].add(str(op.get("provider") or "-"))
-    types = set(nodes) | set(share_sum)
-    ops = [
+    for op_type, _, _, provider in last:
+        providers_by_type[op_type].add(provider)
+    shares = [
         OpTypeShare(
             op_type=t,
             share=share_sum[t] / timed_runs if timed_runs else None,
@@ -134,10 +145,9 @@ def _row(key: tuple[str, str, str, str, int], found: list[tuple[str, list[dict]]
             nodes=nodes.get(t, 0),
             providers=tuple(sorted(providers_by_type.get(t, ()))),
         )
-        for t in types
+        for t in set(nodes) | set(share_sum)
     ]
-    ops.sort(key=lambda o: (-(o.share or 0.0), -o.nodes, o.op_type))
-    providers = Counter(str(op.get("provider") or "-") for op in last).most_common()
+    shares.sort(key=lambda o: (-(o.share or 0.0), -o.nodes, o.op_type))
     device, model, variant, runtime, threads = key
     return OpsRow(
         device_id=device,
@@ -147,7 +157,7 @@ def _row(key: tuple[str, str, str, str, int], found: list[tuple[str, list[dict]]
         threads=threads,
         runs=len(found),
         last_at=last_at,
-        ops=tuple(ops),
-        providers=tuple(providers),
+        ops=tuple(shares),
+        providers=tuple(Counter(provider for *_, provider in last).most_common()),
         timed=timed_runs > 0,
     )

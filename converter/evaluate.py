@@ -46,7 +46,6 @@ class ModelRunner:
 @dataclass(frozen=True)
 class Measurement:
     fidelity: Fidelity
-    latency_ms: float | None
     memory_mb: float | None
     size_bytes: int
     gzip_bytes: int
@@ -239,10 +238,9 @@ def measure(
     path: Path,
     reference: np.ndarray,
     data: Dataset,
-    *,
-    latency_budget_s: float = 0.5,
 ) -> tuple[Measurement, np.ndarray]:
-    """Run the artifact on the validation data and time it; returns the measurement and its outputs."""
+    """Run the artifact on the validation data; returns the measurement and its outputs. (Latency is
+    timed separately, for all artifacts together: :func:`interleaved_latency`.)"""
     names = list(data.inputs)
     base = _vm("VmRSS")
     tracked = base is not None and _reset_hwm()
@@ -253,15 +251,12 @@ def measure(
         raise
     except Exception as exc:
         raise ConvertError(f"{path.name}: inference failed ({str(exc).splitlines()[0][:200]})") from None
-    one = {k: v[:1] for k, v in data.inputs.items()}
-    lat = latency_ms(model.bind(one), latency_budget_s) if latency_budget_s > 0 else None
     peak = _vm("VmHWM") if tracked else None
     memory = max(0.0, peak - base) if (peak is not None and base is not None) else None
     del model
     return (
         Measurement(
             fidelity=fidelity(reference, outputs, data.labels),
-            latency_ms=lat,
             memory_mb=memory,
             size_bytes=path.stat().st_size,
             gzip_bytes=gzip_size(path),

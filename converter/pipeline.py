@@ -184,7 +184,7 @@ def convert(
     ref_out = reference_outputs(ref_path, val_data)
 
     def drop_of(path: Path) -> float:
-        m, _ = measure(path, ref_out, val_data, latency_budget_s=0)
+        m, _ = measure(path, ref_out, val_data)
         return accuracy_drop(m.fidelity)
 
     ctx = passes.Context(base, calib_data, val_data, out, work, max_accuracy_drop, ref_out, log, drop_of)
@@ -196,7 +196,7 @@ def convert(
         name: str, path: Path, fmt: str, precision: str, pass_records: tuple[PassRecord, ...]
     ) -> ManifestArtifact:
         with silenced(work / "measure.log"):
-            m, _ = measure(path, ref_out, val_data, latency_budget_s=0)  # timed at the end, interleaved
+            m, _ = measure(path, ref_out, val_data)  # latency: timed at the end, interleaved
         memory[name] = m.memory_mb
         art = ManifestArtifact(
             name=name,
@@ -210,7 +210,6 @@ def convert(
             model=display,
             passes=pass_records,
             fidelity=m.fidelity,
-            host_latency_ms=m.latency_ms,
             host_peak_mb=m.memory_mb,
         )
         artifacts.append(art)
