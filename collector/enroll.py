@@ -2,8 +2,12 @@
 
 ``edgebench fleet enroll DEVICE`` (collector/enroll_cli.py) is a thin wrapper over
 :func:`enroll_device`. The device's MQTT username is its device id, which is what the ACL in
-deploy/mosquitto/edgebench.acl matches with ``%u``. mosquitto reads the password file at start and on
-SIGHUP (``systemctl reload mosquitto``).
+deploy/mosquitto/edgebench.acl matches with ``%u``, and on the fleet's TLS listener it is also the
+device's client id and so its session (``use_username_as_clientid``): device ids starting with
+``edgebench-`` are refused, since they would collide with the collector's own client ids
+(``edgebench-collector-w<i>``, ``edgebench-push-...``). The collector's users live in a password file of
+their own, for the loopback listener (:func:`set_password` on :data:`DEFAULT_COLLECTOR_PASSWORD_FILE`).
+mosquitto reads the password files at start and on SIGHUP (``systemctl reload mosquitto``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,19 @@ from pathlib import Path
 
 from agent.topics import TopicError, check_id
 
-__all__ = ["EnrollError", "Enrollment", "enroll_device", "install_command", "set_password"]
+__all__ = [
+    "DEFAULT_COLLECTOR_PASSWORD_FILE",
+    "DEFAULT_PASSWORD_FILE",
+    "EnrollError",
+    "Enrollment",
+    "enroll_device",
+    "install_command",
+    "set_password",
+]
 
-DEFAULT_PASSWORD_FILE = Path("/etc/mosquitto/edgebench.passwd")
+DEFAULT_PASSWORD_FILE = Path("/etc/mosquitto/edgebench.passwd")  # devices: the fleet (TLS) listener
+DEFAULT_COLLECTOR_PASSWORD_FILE = Path("/etc/mosquitto/edgebench-collector.passwd")  # loopback listener
+RESERVED_PREFIX = "edgebench-"  # the collector's client ids; a device's session id is its device id
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
 
 
@@ -153,6 +167,11 @@ def enroll_device(
             check_id(tag, "tag")
     except TopicError as exc:
         raise EnrollError(str(exc)) from None
+    if device_id.lower().startswith(RESERVED_PREFIX):
+        raise EnrollError(
+            f"invalid device id {device_id!r}: ids starting with {RESERVED_PREFIX!r} are reserved for the "
+            "collector's own MQTT sessions (a device's client id is its device id)"
+        )
     if not broker_host:
         raise EnrollError("a broker host is needed (the name or address devices connect to)")
     for what, path in (("CA certificate", ca_file), ("trusted key", trusted_key)):

@@ -38,6 +38,7 @@ NOT_AUTHORIZED = 135
 BAD_CREDENTIALS = 134
 TIMEOUT = 10
 SAVED = "Saving in-memory database"
+COLLECTOR = "edgebench-collector"
 
 pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed")
 
@@ -133,16 +134,27 @@ def make_certs(d: Path) -> Certs:
 
 # --- the broker with the production config --------------------------------------------------------------
 def render_production_config(
-    workdir: Path, *, tls_port: int, plain_port: int, certs: Certs, password_file: Path, acl_file: Path
+    workdir: Path,
+    *,
+    tls_port: int,
+    plain_port: int,
+    certs: Certs,
+    password_file: Path,
+    acl_file: Path,
+    collector_password_file: Path | None = None,
 ) -> str:
-    """deploy/mosquitto/edgebench.conf with test paths and ports; every other line as shipped."""
+    """deploy/mosquitto/edgebench.conf with test paths and ports; every other line as shipped.
+    ``collector_password_file`` (the loopback listener's users) defaults to ``password_file``."""
     replacements = {
         "listener 8883": f"listener {tls_port} 127.0.0.1",
         "listener 1883 127.0.0.1": f"listener {plain_port} 127.0.0.1",
         "cafile ": f"cafile {certs.ca}",
         "certfile ": f"certfile {certs.server_cert}",
         "keyfile ": f"keyfile {certs.server_key}",
-        "password_file ": f"password_file {password_file}",
+        "password_file /etc/mosquitto/edgebench.passwd": f"password_file {password_file}",
+        "password_file /etc/mosquitto/edgebench-collector.passwd": (
+            f"password_file {collector_password_file or password_file}"
+        ),
         "acl_file ": f"acl_file {acl_file}",
         "persistence_location ": f"persistence_location {workdir}/",
         "log_dest ": "log_dest stderr",
@@ -168,7 +180,8 @@ class ProductionBroker(MosquittoBroker):
 
     certs: Certs | None = None
     tls_port: int = 0
-    password_file: Path | None = None
+    password_file: Path | None = None  # the fleet (TLS) listener's users: devices
+    collector_password_file: Path | None = None  # the loopback listener's users (default: password_file)
     passwords: dict[str, str] = field(default_factory=dict)
 
     def write_config(self) -> Path:
@@ -182,6 +195,7 @@ class ProductionBroker(MosquittoBroker):
                 plain_port=self.port,
                 certs=self.certs,
                 password_file=self.password_file,
+                collector_password_file=self.collector_password_file,
                 acl_file=ACL,
             )
             + "".join(f"{line}\n" for line in self.extra_config)
@@ -192,13 +206,15 @@ class ProductionBroker(MosquittoBroker):
 def start_production_broker(workdir: Path, certs: Certs, extra: list[str] | None = None) -> ProductionBroker:
     workdir.mkdir(parents=True, exist_ok=True)
     password_file = workdir / "edgebench.passwd"
-    passwords = {"dev-a": "pw-a-123", "dev-b": "pw-b-456", "edgebench-collector": "pw-collector"}
+    collector_password_file = workdir / "edgebench-collector.passwd"
+    passwords = {"dev-a": "pw-a-123", "dev-b": "pw-b-456", COLLECTOR: "pw-collector"}
     for user, pw in passwords.items():
-        set_password(password_file, user, pw)
+        set_password(collector_password_file if user == COLLECTOR else password_file, user, pw)
     broker = ProductionBroker(
         workdir=workdir,
         certs=certs,
         password_file=password_file,
+        collector_password_file=collector_password_file,
         passwords=passwords,
         extra_config=extra or [],
     )
@@ -223,10 +239,17 @@ class Client:
         self._acked = threading.Condition()
         self.clean_start = clean_start
         self.session_expiry = session_expiry
-        self.c.on_connect = lambda c, u, flags, rc, props: self.connack.put(rc)
+        self.session_present: bool | None = None
+        self.disconnects: list = []
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.append(rc)
         self.c.on_publish = self._on_publish
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = lambda c, u, msg: self.messages.put((msg.topic, msg.payload))
+
+    def _on_connect(self, c, u, flags, rc, props) -> None:
+        self.session_present = bool(flags.session_present)
+        self.connack.put(rc)
 
     def _on_publish(self, c, u, mid, rc, props) -> None:
         with self._acked:
@@ -281,6 +304,14 @@ class Client:
         self.c.disconnect()
         self.c.loop_stop()
 
+    def close_and_wait(self) -> None:
+        """Disconnect cleanly and wait until the broker has closed the session's connection."""
+        self.c.disconnect()
+        deadline = time.monotonic() + TIMEOUT
+        while not self.disconnects and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.c.loop_stop()
+
 
 @pytest.fixture
 def clients():
@@ -295,8 +326,16 @@ def clients():
         c.close()
 
 
-def login(make, broker: ProductionBroker, user: str, certs: Certs, tls: bool = True, **kw) -> Client:
-    c = make(f"test-{user}-{len(broker.passwords)}-{threading.get_ident()}-{id(make)}", **kw)
+def login(
+    make,
+    broker: ProductionBroker,
+    user: str,
+    certs: Certs,
+    tls: bool = True,
+    client_id: str | None = None,
+    **kw,
+) -> Client:
+    c = make(client_id or f"test-{user}-{len(broker.passwords)}-{threading.get_ident()}-{id(make)}", **kw)
     port, ca = (broker.tls_port, certs.ca) if tls else (broker.port, None)
     rc = c.connect(port, user, broker.passwords[user], ca=ca)
     assert not rc.is_failure, f"{user} could not connect: {rc}"
@@ -319,7 +358,7 @@ def test_shipped_config_keeps_the_durability_settings():
 
 
 def test_device_cannot_publish_as_another_device(broker, certs, clients):
-    collector = login(clients, broker, "edgebench-collector", certs, tls=False)
+    collector = login(clients, broker, COLLECTOR, certs, tls=False)
     assert collector.subscribe(topics.ALL_RESULTS)[0].value == 1  # granted QoS 1
     dev_a = login(clients, broker, "dev-a", certs)
 
@@ -343,7 +382,7 @@ def test_device_cannot_publish_as_another_device(broker, certs, clients):
 
 
 def test_device_reads_its_own_jobs_and_chunks_but_not_another_devices(broker, certs, clients):
-    collector = login(clients, broker, "edgebench-collector", certs, tls=False)
+    collector = login(clients, broker, COLLECTOR, certs, tls=False)
     dev_a = login(clients, broker, "dev-a", certs)
     allowed = [
         topics.device_jobs("dev-a"),
@@ -368,7 +407,10 @@ def test_device_reads_its_own_jobs_and_chunks_but_not_another_devices(broker, ce
 
 
 def test_collector_reads_every_device_and_devices_cannot_read_results(broker, certs, clients):
-    collector = login(clients, broker, "edgebench-collector", certs)  # over TLS too
+    # The fleet's TLS listener knows devices only: the collector's users log in on loopback.
+    over_tls = clients("collector-over-tls").connect(broker.tls_port, COLLECTOR, "pw-collector", ca=certs.ca)
+    assert over_tls.is_failure and over_tls.value in (BAD_CREDENTIALS, NOT_AUTHORIZED), over_tls
+    collector = login(clients, broker, COLLECTOR, certs, tls=False)
     for sub in (topics.ALL_STATUS, topics.ALL_RESULTS, topics.ALL_EVENTS, topics.ALL_CHUNK_REQUESTS):
         assert collector.subscribe(sub)[0].value == 1, sub
     dev_b = login(clients, broker, "dev-b", certs)
@@ -387,6 +429,11 @@ def test_wrong_password_and_anonymous_are_refused(broker, certs, clients):
     assert unknown.is_failure, unknown
     anonymous = clients("anon").connect(broker.port, None, None)
     assert anonymous.is_failure and anonymous.value in (BAD_CREDENTIALS, NOT_AUTHORIZED), anonymous
+    anonymous_tls = clients("anon-tls").connect(broker.tls_port, None, None, ca=certs.ca)
+    assert anonymous_tls.is_failure, anonymous_tls
+    # A device's own credentials do not open the loopback listener (where client ids are free).
+    device_on_loopback = clients("dev-a-loopback").connect(broker.port, "dev-a", "pw-a-123")
+    assert device_on_loopback.is_failure and device_on_loopback.value in (BAD_CREDENTIALS, NOT_AUTHORIZED)
 
 
 def test_tls_listener_needs_the_right_ca(broker, certs, clients):
@@ -421,7 +468,7 @@ def test_queued_messages_survive_kill_9(tmp_path, certs, clients):
         # mosquitto sends the PUBACK, then (autosave after every change) writes mosquitto.db.new and renames
         # it over mosquitto.db. Wait for that rename, then crash it. A kill in those few milliseconds can
         # still lose an acknowledged message (measured: 1 of 2 kills 5 ms after the PUBACK).
-        received = f"Received PUBLISH from {dev_a.c._client_id.decode()}"
+        received = "Received PUBLISH from dev-a"  # the fleet listener names the client by its username
         deadline = time.monotonic() + TIMEOUT
         while SAVED not in b.log_tail(10**7).partition(received)[2] or db.stat().st_ino == inode:
             assert time.monotonic() < deadline, "mosquitto did not save after the message"
@@ -435,6 +482,126 @@ def test_queued_messages_survive_kill_9(tmp_path, certs, clients):
         assert again.drain(topics.results("dev-a")) == [(topics.results("dev-a"), b"result-1")]
     finally:
         b.stop()
+
+
+# --- identity: client id bound to the credentials (issue 13) ---------------------------------------------
+AGENT_ID = "edgebench-agent-{}"  # what agents send (agent/config.py); the fleet listener replaces it
+
+
+def test_session_takeover_with_another_devices_client_id_is_impossible(broker, certs, clients):
+    """dev-a, with its own valid password, connects with dev-b's client ids: it gets its own session, not
+    dev-b's, does not kick dev-b off, and dev-b's queued job stays queued for dev-b."""
+    collector = login(clients, broker, COLLECTOR, certs, tls=False)
+    victim = login(clients, broker, "dev-b", certs, client_id=AGENT_ID.format("dev-b"), session_expiry=600)
+    assert victim.subscribe(topics.device_jobs("dev-b"))[0].value == 1
+    victim.close_and_wait()
+    job = b"job for dev-b only"
+    assert collector.publish(topics.device_jobs("dev-b"), job).value == 0  # queued in dev-b's session
+
+    # dev-b's session is named "dev-b" on this listener (client id := username); try both names.
+    for stolen in (AGENT_ID.format("dev-b"), "dev-b"):
+        thief = login(clients, broker, "dev-a", certs, client_id=stolen, clean_start=False)
+        assert thief.session_present is False, stolen  # a session of its own, not dev-b's
+        assert thief.subscribe(topics.device_jobs("dev-a"))[0].value == 1
+        marker = f"marker for {stolen}".encode()
+        assert collector.publish(topics.device_jobs("dev-a"), marker).value == 0
+        # Per-publisher order: dev-b's job, had the thief got dev-b's session, would arrive before the marker.
+        assert thief.drain(topics.device_jobs("dev-a")) == [(topics.device_jobs("dev-a"), marker)]
+        thief.close_and_wait()
+
+    victim = login(
+        clients,
+        broker,
+        "dev-b",
+        certs,
+        client_id=AGENT_ID.format("dev-b"),
+        clean_start=False,
+        session_expiry=600,
+    )
+    assert victim.session_present is True
+    assert victim.drain(topics.device_jobs("dev-b")) == [(topics.device_jobs("dev-b"), job)]
+
+
+def test_a_device_cannot_kick_another_off_with_its_client_id(broker, certs, clients):
+    victim = login(clients, broker, "dev-b", certs, client_id=AGENT_ID.format("dev-b"))
+    thief = login(clients, broker, "dev-a", certs, client_id=AGENT_ID.format("dev-b"))
+    assert thief.publish(topics.results("dev-a"), b"thief still connected").value in (0, 16)
+    # Had the broker taken the thief's client id, the victim would have been disconnected by now: the
+    # broker closes the old connection before it acknowledges the new one's first publish.
+    assert victim.publish(topics.results("dev-b"), b"victim still connected").value in (0, 16)
+    assert victim.disconnects == [] and thief.disconnects == []
+
+
+def test_collector_results_queued_while_it_is_down_stay_for_the_collector(broker, certs, clients):
+    """The collector's worker sessions cannot be taken: not over TLS with a device's password (the client id
+    becomes the device id), not on loopback (devices cannot log in there)."""
+    group = f"$share/{COLLECTOR}/"
+    worker = login(
+        clients, broker, COLLECTOR, certs, tls=False, client_id=f"{COLLECTOR}-w0", session_expiry=600
+    )
+    assert worker.subscribe(group + topics.ALL_RESULTS)[0].value == 1
+    worker.close_and_wait()
+    dev_b = login(clients, broker, "dev-b", certs)
+    queued = [f"result {i}".encode() for i in range(5)]
+    for payload in queued:
+        assert dev_b.publish(topics.results("dev-b"), payload).value == 0
+    dev_b.close()
+
+    # dev-a over TLS with the worker's client id: a session of its own (the client id becomes "dev-a").
+    thief = login(clients, broker, "dev-a", certs, client_id=f"{COLLECTOR}-w0", clean_start=False)
+    assert thief.session_present is False
+    thief.close_and_wait()
+    refused = clients(f"{COLLECTOR}-w0").connect(broker.port, "dev-a", "pw-a-123")
+    assert refused.is_failure and refused.value in (BAD_CREDENTIALS, NOT_AUTHORIZED), refused
+
+    back = login(
+        clients,
+        broker,
+        COLLECTOR,
+        certs,
+        tls=False,
+        client_id=f"{COLLECTOR}-w0",
+        clean_start=False,
+        session_expiry=600,
+    )
+    assert back.session_present is True
+    got = [back.messages.get(timeout=TIMEOUT) for _ in queued]
+    assert got == [(topics.results("dev-b"), p) for p in queued]  # 5 of 5, for the collector
+
+
+def test_two_collector_workers_connected_at_once_both_keep_receiving(broker, certs, clients):
+    group = f"$share/{COLLECTOR}/"
+    workers = [
+        login(clients, broker, COLLECTOR, certs, tls=False, client_id=f"{COLLECTOR}-w{i}") for i in range(2)
+    ]
+    for w in workers:
+        assert w.subscribe(group + topics.ALL_RESULTS)[0].value == 1
+    dev_b = login(clients, broker, "dev-b", certs)
+    for i in range(20):
+        assert dev_b.publish(topics.results("dev-b"), f"r{i}".encode()).value == 0
+    got: list[list[bytes]] = [[], []]
+    deadline = time.monotonic() + TIMEOUT
+    while sum(map(len, got)) < 20 and time.monotonic() < deadline:
+        for w, into in zip(workers, got, strict=True):
+            while not w.messages.empty():
+                into.append(w.messages.get()[1])
+        time.sleep(0.01)
+    assert sorted(got[0] + got[1]) == sorted(f"r{i}".encode() for i in range(20))
+    assert got[0] and got[1], [len(g) for g in got]  # shared subscription: both workers take their share
+    assert [w.disconnects for w in workers] == [[], []]  # nobody kicked anybody off
+
+
+def test_receipts_collector_writes_each_device_reads_only_its_own(broker, certs, clients):
+    collector = login(clients, broker, COLLECTOR, certs, tls=False)
+    dev_a = login(clients, broker, "dev-a", certs)
+    for topic in (topics.receipts("dev-a"), topics.receipts("dev-b")):
+        dev_a.subscribe(topic)
+    # A device cannot forge receipts, not even its own.
+    for topic in (topics.receipts("dev-a"), topics.receipts("dev-b")):
+        assert dev_a.publish(topic, b"forged receipt").value == NOT_AUTHORIZED, topic
+    assert collector.publish(topics.receipts("dev-b"), b"for b").value == 0
+    assert collector.publish(topics.receipts("dev-a"), b"for a").value == 0
+    assert dev_a.drain(topics.receipts("dev-a")) == [(topics.receipts("dev-a"), b"for a")]
 
 
 # --- enroll ---------------------------------------------------------------------------------------------
@@ -512,6 +679,14 @@ def test_enroll_command(tmp_path):
         enroll, ["pi-8", "--broker-host", "h", "--password-file", str(tmp_path / "no" / "pw")]
     )
     assert missing.exit_code == 1 and "no such directory" in missing.output
+
+
+def test_enroll_refuses_device_ids_that_would_be_collector_sessions(tmp_path):
+    # On the fleet listener a device's client id is its device id: it must not be a collector's.
+    for device_id in ("edgebench-collector", "edgebench-collector-w0", "Edgebench-push-1234"):
+        with pytest.raises(EnrollError, match="reserved"):
+            enroll_device(device_id, broker_host="h", password_file=tmp_path / "pw", tls=False)
+    assert not (tmp_path / "pw").exists()
 
 
 def test_set_password_rejects_a_colon_in_the_username(tmp_path):

@@ -1,4 +1,5 @@
-"""The chunk server on a real broker: all chunks, resume with missing indices, unknown and tampered files."""
+"""The chunk server on a real broker: all chunks, resume with missing indices, unknown and tampered files,
+artifacts of jobs not addressed to the device (limits without a broker: tests/test_chunk_limits.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pytest
 
 from agent import topics
 from agent.artifacts import file_sha256
-from agent.schema import ArtifactChunk, ArtifactRef, ChunkRequest
+from agent.schema import ArtifactChunk, ArtifactRef, BenchSettings, ChunkRequest, Job, new_id, utc_now
 from collector.chunks import ChunkServer
 from collector.config import BrokerSettings
 from collector.mqtt_client import make_client
-from collector.store import open_db, register_artifact
+from collector.store import open_db, record_job, register_artifact
 from tests.support.mqtt_peer import Peer, wait_for
 
 
@@ -22,7 +23,10 @@ def served(mosquitto, db_path, tmp_path, tiny_mlp_onnx):
     shutil.copy(tiny_mlp_onnx, model)
     sha = file_sha256(model)
     db = open_db(db_path)
-    register_artifact(db, ArtifactRef("m.onnx", sha, model.stat().st_size, "onnx"), path=model)
+    ref = ArtifactRef("m.onnx", sha, model.stat().st_size, "onnx")
+    register_artifact(db, ref, path=model)
+    job = Job(new_id(), utc_now(), "device:dev-c", (ref,), BenchSettings())
+    record_job(db, job)  # the chunk server serves only artifacts of jobs addressed to the device
     client = make_client(
         BrokerSettings(host=mosquitto.host, port=mosquitto.port), "chunk-test", persistent=False
     )
@@ -61,9 +65,14 @@ def test_serves_every_chunk_then_only_missing_ones(served):
 
 def test_unknown_tampered_and_silly_requests_are_refused(served):
     server, device, model, sha = served
-    assert server.serve(ChunkRequest("dev-c", "e" * 64, chunk_size=1024)) == 0
-    assert server.serve(ChunkRequest("dev-c", sha, chunk_size=10)) == 0  # below the minimum chunk size
+    assert server.admit(ChunkRequest("dev-c", "e" * 64, chunk_size=1024)) == 0
+    assert server.admit(ChunkRequest("dev-c", sha, chunk_size=10)) == 0  # below the minimum chunk size
+    # dev-d is not addressed by the job (device:dev-c): refused, although the artifact is known
+    assert server.admit(ChunkRequest("dev-d", sha, chunk_size=1024)) == 0
     with open(model, "ab") as fh:
         fh.write(b"tampered")
-    assert server.serve(ChunkRequest("dev-c", sha, chunk_size=1024)) == 0
-    assert server.refused == 3 and device.received == []
+    assert server.admit(ChunkRequest("dev-c", sha, chunk_size=1024)) == 0
+    assert server.refused == 4 and device.received == []
+    # an unknown sha is in no job either; the tampered file no longer matches its sha256
+    assert server.stats("dev-c").refused_by == {"not-addressed": 1, "chunk-size": 1, "unknown": 1}
+    assert server.stats("dev-d").refused_by == {"not-addressed": 1}
