@@ -8,7 +8,7 @@ Layout (every key optional; see :class:`AgentConfig` for defaults)::
     [broker]    host port mqtt_version(5|3) keepalive tls ca_file cert_file key_file
                 username password password_file session_expiry_s max_payload_kb
                 reconnect_min_s reconnect_max_s client_id
-    [outbox]    max_rows inflight
+    [outbox]    max_rows inflight receipts confirm_timeout_s confirm_timeout_max_s
     [jobs]      trusted_keys cache_mb max_artifact_mb max_job_s max_threads chunk_size chunk_timeout_s
                 chunk_retries
     [heartbeat] interval_s
@@ -86,6 +86,11 @@ class BrokerSettings:
 class OutboxSettings:
     max_rows: int = 100_000
     inflight: int = 100  # outbox rows published and awaiting PUBACK at once
+    # End-to-end acknowledgement: results and job events stay until the collector's receipt says they
+    # are committed (false: they leave on the broker's PUBACK, for a collector older than receipts).
+    receipts: bool = True
+    confirm_timeout_s: float = 30.0  # no receipt this long after the PUBACK: send again (doubling)
+    confirm_timeout_max_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,8 @@ def _check(c: AgentConfig) -> None:
             raise ConfigError(f"[broker] {name}: no such file {value}")
     if c.outbox.max_rows < 1 or c.outbox.inflight < 1:
         raise ConfigError("[outbox] max_rows and inflight: must be >= 1")
+    if not 0 < c.outbox.confirm_timeout_s <= c.outbox.confirm_timeout_max_s:
+        raise ConfigError("[outbox] confirm_timeout_s: must be > 0 and <= confirm_timeout_max_s")
     j = c.jobs
     for key in j.trusted_keys:
         if not Path(key).is_file():

@@ -12,6 +12,8 @@ Messages (topics in :mod:`agent.topics`):
 * :class:`JobEvent` - a job's lifecycle on one device (device -> collector).
 * :class:`DeviceStatus` - birth, heartbeat and last-will messages (device -> collector, retained).
 * :class:`ChunkRequest` / :class:`ArtifactChunk` - model delivery over MQTT.
+* :class:`Receipt` - what the collector committed to its database (collector -> device): the
+  end-to-end acknowledgement. Keys are :mod:`agent.receipts` delivery keys.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, TypeVar
 
-from agent.codec import SchemaError, decode, encode
+from agent.codec import SchemaError, decode, encode, load_json
 from agent.schema_parts import (
     AccuracyInfo,
     ArtifactInfo,
@@ -37,7 +39,9 @@ from agent.schema_parts import (
     OpProfile,
     ProtocolSettings,
     RunConfig,
+    _check_min,
     _check_sha256,
+    _check_utc,
     _check_uuid,
     new_id,
     utc_now,
@@ -66,6 +70,8 @@ __all__ = [
     "MemoryStats",
     "OpProfile",
     "ProtocolSettings",
+    "Receipt",
+    "ReceiptRejection",
     "ResultRecord",
     "RunConfig",
     "new_id",
@@ -119,11 +125,7 @@ class _Message:
 
     @classmethod
     def from_json(cls: type[M], text: str | bytes) -> M:
-        try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SchemaError(f"not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(load_json(text))
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class ResultRecord(_Message):
 
     def __post_init__(self) -> None:
         _check_uuid(self.result_id, "result_id")
+        _check_utc(self.started_at, "started_at")
+        _check_utc(self.finished_at, "finished_at")
         if self.status == "ok" and self.latency is None:
             raise SchemaError("a result with status 'ok' must carry latency", "latency")
         if self.status != "ok" and not self.error:
@@ -221,6 +225,10 @@ class JobEvent(_Message):
     result_ids: tuple[str, ...] = ()
     progress: float | None = None  # 0..1 while fetching or running
 
+    def __post_init__(self) -> None:  # ``at`` is part of the event's delivery key: kept as sent
+        if self.progress is not None and not 0.0 <= self.progress <= 1.0:
+            raise SchemaError(f"must be between 0 and 1, got {self.progress!r}", "progress")
+
 
 # ---------------------------------------------------------------- device status
 
@@ -239,6 +247,10 @@ class DeviceStatus(_Message):
     outbox_pending: int | None = None  # not yet acknowledged: in the outbox, or held in memory (full disk)
     outbox_dropped: int | None = None
     uptime_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_utc(self.at, "at")
+        _check_min(self, ("outbox_pending", "outbox_dropped", "uptime_s"), 0)
 
 
 # ---------------------------------------------------------------- model delivery
@@ -290,9 +302,9 @@ class ArtifactChunk:
         if not sep:
             raise SchemaError("a chunk needs a JSON header line")
         try:
-            header = json.loads(head)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SchemaError(f"chunk header is not valid JSON: {exc}") from None
+            header = load_json(head)
+        except SchemaError as exc:
+            raise SchemaError(f"chunk header is {exc}") from None
         if not isinstance(header, dict):
             raise SchemaError("chunk header must be a JSON object")
         if header.get("kind") != "chunk":
@@ -315,17 +327,39 @@ class ArtifactChunk:
         return cls(sha, header["index"], header["total"], header["size_bytes"], data, version)
 
 
+# ---------------------------------------------------------------- end-to-end acknowledgement
+
+
+@dataclass(frozen=True)
+class ReceiptRejection:
+    """A message the collector stored as a dead letter: sending it again cannot help."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Receipt(_Message):
+    """The collector has committed these messages of ``device_id`` (results, job events) to its
+    database: the device may delete them from its outbox. Sent after every commit, QoS 1. Agents that
+    predate receipts do not subscribe to them and are served as before (PUBACK only)."""
+
+    KIND: ClassVar[str] = "receipt"
+    device_id: str
+    at: str
+    committed: tuple[str, ...] = ()
+    rejected: tuple[ReceiptRejection, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+
 _BY_KIND: dict[str, type[_Message]] = {
-    cls.KIND: cls for cls in (ResultRecord, Job, CancelJob, JobEvent, DeviceStatus, ChunkRequest)
+    cls.KIND: cls for cls in (ResultRecord, Job, CancelJob, JobEvent, DeviceStatus, ChunkRequest, Receipt)
 }
 
 
 def parse_message(payload: str | bytes) -> _Message:
     """Decode any JSON message by its ``kind`` field."""
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SchemaError(f"not valid JSON: {exc}") from None
+    data = load_json(payload)
     if not isinstance(data, dict):
         raise SchemaError("a message must be a JSON object")
     kind = data.get("kind")

@@ -94,8 +94,13 @@ def status(as_json: bool, **kw) -> None:
     click.echo(f"device   {info['device_id']}  (data: {info['data_dir']})")
     click.echo(
         f"outbox   {o['pending']} pending, {o['dropped']} dropped, "
-        f"{o['rejected']} rejected, {o['acked']} sent"
+        f"{o['rejected']} rejected, {o['acked']} confirmed by the collector"
     )
+    if o.get("unconfirmed"):
+        click.echo(
+            f"         {o['unconfirmed']} of the pending reached the broker and wait for the collector's "
+            "receipt (sent again until it comes)"
+        )
     if o.get("last_reject_reason"):
         click.echo(f"         last refusal: {o['last_reject_reason']}")
     jobs = ", ".join(f"{n} {state}" for state, n in sorted(info["jobs"].items())) or "none"
@@ -105,7 +110,13 @@ def status(as_json: bool, **kw) -> None:
     if o.get("error"):
         click.echo(f"         {o['error']}")
     c = info["cache"]
-    click.echo(f"cache    {c['artifacts']} artifact(s), {c['bytes'] / 2**20:.1f} MB")
+    partial = f", {c['partial_downloads']} partial download(s)" if c.get("partial_downloads") else ""
+    click.echo(f"cache    {c['artifacts']} artifact(s), {c['bytes'] / 2**20:.1f} MB{partial}")
+    ev = info.get("evictions") or {}
+    if ev.get("count"):
+        click.echo(f"evicted  {ev['count']} artifact(s), {ev['bytes'] / 2**20:.1f} MB in all; latest:")
+        for e in ev["recent"]:
+            click.echo(f"         {e['at']}  {e['name']}  {e['bytes'] / 2**20:.2f} MB  ({e['reason']})")
     d = info.get("disk") or {}
     if d:
         full = "  FULL: new results are held in memory until there is room" if d["free_bytes"] < 2**20 else ""

@@ -1,7 +1,8 @@
 """What an agent's data directory says, read while the agent runs or not: outbox, jobs, artifact cache.
 
 Used by ``edgebench agent status``; reads the outbox read-only and the job files, writes nothing (so it
-answers on a full disk too), and says how much room the data directory's file system has left.
+answers on a full disk too), and says how much room the data directory's file system has left and
+what the artifact cache evicted to make room (``cache/evictions.json``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from agent.cache import cache_entries
 from agent.config import AgentConfig
+from agent.evictions import EVICTIONS_FILE, read_evictions
 from agent.jobs import JobStore
 from agent.outbox import OutboxError, read_stats
 
@@ -28,6 +31,7 @@ def agent_status(config: AgentConfig) -> dict[str, Any]:
         else:
             out["outbox"] = {
                 "pending": s.pending,
+                "unconfirmed": s.unconfirmed,  # PUBACKed, waiting for the collector's receipt
                 "dropped": s.dropped,
                 "rejected": s.rejected,
                 "acked": s.acked,
@@ -43,9 +47,22 @@ def agent_status(config: AgentConfig) -> dict[str, Any]:
         ]
     else:
         out["jobs"] = {}
-    cache = config.cache_dir
-    files = [p for p in cache.iterdir() if p.is_file()] if cache.exists() else []
-    out["cache"] = {"artifacts": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    entries = cache_entries(config.cache_dir)
+    partials = list((config.cache_dir / "partial").glob("*.part")) if config.cache_dir.exists() else []
+    out["cache"] = {
+        "artifacts": len(entries),
+        "bytes": sum(st.st_size for _, st in entries),
+        "partial_downloads": len(partials),
+    }
+    evicted = read_evictions(config.cache_dir / EVICTIONS_FILE)
+    out["evictions"] = {
+        "count": evicted.count,
+        "bytes": evicted.bytes,
+        "recent": [
+            {"name": e.name, "file": e.file, "bytes": e.bytes, "at": e.at, "reason": e.reason}
+            for e in evicted.recent[-5:]
+        ],
+    }
     try:
         usage = shutil.disk_usage(config.data_dir)
         out["disk"] = {"free_bytes": usage.free, "total_bytes": usage.total}

@@ -13,6 +13,7 @@ edgebench/v1/devices/<id>/events                   dev -> srv  JobEvent (QoS 1)
 edgebench/v1/devices/<id>/chunks/request           dev -> srv  ChunkRequest (QoS 1)
 edgebench/v1/devices/<id>/jobs                     srv -> dev  Job / CancelJob (QoS 1)
 edgebench/v1/devices/<id>/chunks                   srv -> dev  ArtifactChunk (binary, QoS 1)
+edgebench/v1/devices/<id>/receipts                 srv -> dev  Receipt: what the collector committed (QoS 1)
 edgebench/v1/tags/<tag>/jobs                       srv -> dev  Job / CancelJob for a tag
 edgebench/v1/fleet/jobs                            srv -> dev  Job / CancelJob for every device
 =================================================  ==========  ===========================
@@ -67,6 +68,11 @@ def device_jobs(device_id: str) -> str:
 
 def device_chunks(device_id: str) -> str:
     return device_topic(device_id, "chunks")
+
+
+def receipts(device_id: str) -> str:
+    """The collector tells a device which of its messages are committed (end-to-end acknowledgement)."""
+    return device_topic(device_id, "receipts")
 
 
 def tag_jobs(tag: str) -> str:

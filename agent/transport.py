@@ -10,10 +10,17 @@
 * Last will: the caller's offline :class:`~agent.schema.DeviceStatus`, QoS 1, retained.
 * Payload size limit enforced here (``max_payload_kb``, lowered to the broker's Maximum Packet Size
   from CONNACK when it announces one): an oversized message raises :class:`PayloadTooLarge`.
-* Outbox pump: rows are published in id order, at most ``inflight`` awaiting PUBACK; a row leaves the
-  outbox only when its PUBACK arrives with a success code. A failure code (0x87 Not authorized,
-  0x97 Quota exceeded, ...) moves the row aside and is reported as an error. After a reconnect paho
-  re-sends the rows it still holds (older ones), then the pump continues with the rest, in order.
+* Outbox pump: rows are published in id order, at most ``inflight`` awaiting PUBACK. A failure code
+  (0x87 Not authorized, 0x97 Quota exceeded, ...) moves the row aside and is reported as an error.
+  0x10 "No matching subscribers" means nobody received it (the collector is not subscribed, e.g. just
+  after a broker restart): the row stays and is sent again later. After a reconnect paho re-sends the
+  rows it still holds (older ones), then the pump continues with the rest, in order.
+* End-to-end acknowledgement (``receipt_topic`` set): a PUBACK is one hop. A row with a delivery key
+  (results, job events: :mod:`agent.receipts`) is only marked sent; it leaves the outbox when the
+  collector's :class:`~agent.schema.Receipt` on ``receipt_topic`` lists its key as committed (or as a
+  dead letter: set aside with the collector's reason). A sent row without a receipt is sent again
+  after ``confirm_timeout_s``, doubling up to ``confirm_timeout_max_s``; every row is sent again after
+  a restart. Duplicates are harmless: the collector's writes are idempotent and it confirms copies too.
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.codec import SchemaError
 from agent.config import BrokerSettings
 from agent.outbox import Outbox, OutboxError
+from agent.receipts import key_for_payload
+from agent.resend import ResendSchedule
+from agent.schema import Receipt
 
 log = logging.getLogger("edgebench.agent.transport")
 
@@ -91,6 +102,10 @@ class Delivery:
 class _Row:
     row_id: int
     topic: str
+    key: str | None = None
+
+
+NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 MessageHandler = Callable[[str, bytes], None]
@@ -108,8 +123,17 @@ class MqttTransport:
         on_message: MessageHandler | None = None,
         on_connected: Callable[[], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        receipt_topic: str | None = None,
+        confirm_timeout_s: float = 30.0,
+        confirm_timeout_max_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.settings = settings
+        self.receipt_topic = receipt_topic
+        # sent rows waiting for a receipt (or sent again after "no matching subscribers")
+        self._awaiting = ResendSchedule(confirm_timeout_s, confirm_timeout_max_s, clock)
+        self.receipts = 0
+        self.resent = 0
         self.client_id = client_id
         self.outbox = outbox
         self.inflight = max(1, inflight)
@@ -176,6 +200,8 @@ class MqttTransport:
             self._client.connect_async(s.host, s.port, s.keepalive, clean_start=False, properties=props)
         else:
             self._client.connect_async(s.host, s.port, s.keepalive)
+        if self.receipt_topic is not None:
+            self._subscriptions[self.receipt_topic] = 1
         self._client.loop_start()
         self._pump = threading.Thread(target=self._pump_loop, name="outbox-pump", daemon=True)
         self._pump.start()
@@ -243,15 +269,21 @@ class MqttTransport:
         if self.outbox is None:
             raise TransportError("this transport has no outbox")
         self.check_size(topic, payload)
-        row_id = self.outbox.put(topic, payload, qos=qos, retain=retain)
+        key = key_for_payload(topic, payload) if self.receipt_topic is not None else None
+        row_id = self.outbox.put(topic, payload, qos=qos, retain=retain, key=key)
         self._wake.set()
         return row_id
 
     def pending_count(self) -> int:
         return self.outbox.stats().pending if self.outbox is not None else 0
 
+    def unconfirmed_count(self) -> int:
+        """Rows sent (PUBACKed) that wait for the collector's receipt."""
+        return len(self._awaiting)
+
     def flush(self, timeout_s: float) -> bool:
-        """Wait until the outbox is empty (every row PUBACKed or set aside), up to ``timeout_s``."""
+        """Wait until the outbox is empty, up to ``timeout_s``: every row confirmed by the collector
+        (with receipts) or PUBACKed (without), or set aside."""
         deadline = time.monotonic() + timeout_s
         self._wake.set()
         while self.pending_count() > 0:
@@ -282,9 +314,33 @@ class MqttTransport:
         with self._lock:
             return sum(isinstance(v, _Row) for v in self._tracked.values())
 
+    def _resend_due(self) -> None:
+        """Send again the rows whose receipt did not come in time (or that nobody received)."""
+        room = self.inflight - self._rows_in_flight()
+        if room <= 0:
+            return
+        with self._lock:
+            flying = {v.row_id for v in self._tracked.values() if isinstance(v, _Row)}
+        due = self._awaiting.due(room, flying)
+        if not due:
+            return
+        rows = {r.id: r for r in self.outbox.rows(due)}  # type: ignore[union-attr]
+        for row_id in due:
+            row = rows.get(row_id)
+            if row is None:  # confirmed (or dropped) meanwhile
+                self._awaiting.discard([row_id])
+                continue
+            info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                return
+            self.resent += 1
+            self._track(info.mid, _Row(row.id, row.topic, row.key))
+
     def _pump_once(self) -> None:
         if self.outbox is None:
             return
+        if self.connected.is_set() and len(self._awaiting):
+            self._resend_due()
         while self.connected.is_set() and not self._stop.is_set():
             room = self.inflight - self._rows_in_flight()
             if room <= 0:
@@ -301,7 +357,7 @@ class MqttTransport:
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     return  # paho queue full or similar: retry on the next wake
                 self._cursor = row.id
-                self._track(info.mid, _Row(row.id, row.topic))
+                self._track(info.mid, _Row(row.id, row.topic, row.key))
 
     def _complete(self, what: _Row | Delivery, reason: ReasonCode) -> None:
         if isinstance(what, Delivery):
@@ -312,6 +368,16 @@ class MqttTransport:
         try:
             if reason.is_failure:
                 self._reject(what.row_id, what.topic, describe(reason))
+            elif reason.value == NO_MATCHING_SUBSCRIBERS:  # accepted, and dropped: nobody got it
+                log.warning(
+                    "broker had no subscriber for %s (outbox row %d): sending it again later",
+                    what.topic,
+                    what.row_id,
+                )
+                self._awaiting.sent(what.row_id)
+            elif what.key is not None and self.receipt_topic is not None:
+                if self.outbox.mark_sent(what.row_id):  # type: ignore[union-attr]
+                    self._awaiting.sent(what.row_id)
             else:
                 self.outbox.ack(what.row_id)  # type: ignore[union-attr]
         except OutboxError as exc:  # e.g. a full disk: the row stays and is sent again after a restart
@@ -319,6 +385,28 @@ class MqttTransport:
                 f"outbox row {what.row_id} delivered but its removal was not stored ({exc}); "
                 "it will be sent again and the collector absorbs the copy"
             )
+        self._wake.set()
+
+    def handle_receipt(self, payload: bytes) -> None:
+        """The collector committed (or dead-lettered) these messages: they leave the outbox."""
+        try:
+            receipt = Receipt.from_json(payload)
+        except SchemaError as exc:
+            self._error(f"ignoring an invalid receipt: {exc}")
+            return
+        if self.outbox is None:
+            return
+        try:
+            removed = self.outbox.confirm(list(receipt.committed)) if receipt.committed else []
+            rejected = [(r.key, r.reason) for r in receipt.rejected]
+            set_aside = self.outbox.reject_keys(rejected) if rejected else []
+        except OutboxError as exc:  # the rows stay; the next receipt (after a re-send) removes them
+            self._error(f"receipt not applied to the outbox ({exc})")
+            return
+        self._awaiting.discard([*removed, *set_aside])
+        self.receipts += 1
+        for key, reason in rejected:
+            self._error(f"the collector refused {key}: {reason}; set aside")
         self._wake.set()
 
     def _reject(self, row_id: int, topic: str, reason: str) -> None:
@@ -369,6 +457,9 @@ class MqttTransport:
         self._complete(what, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
+        if self.receipt_topic is not None and message.topic == self.receipt_topic:
+            self.handle_receipt(message.payload)
+            return
         if self.on_message is None:
             return
         try:

@@ -57,7 +57,9 @@ def make_client(
         client.username_pw_set(broker.username, broker.resolved_password() or None)
     client.max_queued_messages_set(0)
     client.max_inflight_messages_set(1000)
-    client.reconnect_delay_set(0.5, 30)
+    # Back within 2 s of a broker restart: until a client has resubscribed (a shared subscription is
+    # not kept in mosquitto's persistence), messages for it are dropped ("no matching subscribers").
+    client.reconnect_delay_set(0.5, 2)
     return client
 
 

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import topics
+from agent.receipts import event_key, result_key
 from agent.schema import (
     ArtifactChunk,
     ArtifactRef,
@@ -30,6 +31,7 @@ from agent.schema import (
     DeviceStatus,
     Job,
     JobEvent,
+    Receipt,
     ResultRecord,
     new_id,
     utc_now,
@@ -56,6 +58,7 @@ class FleetPeer:
         self.artifacts: dict[str, bytes] = {}
         self.drop_once: dict[str, set[int]] = defaultdict(set)  # sha -> chunk indices lost on first send
         self.serve_chunks = True
+        self.send_receipts = True  # end-to-end acks for what it received, like the collector
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.client = mqtt.Client(
@@ -109,17 +112,25 @@ class FleetPeer:
             _device, leaf = topics.parse_device_topic(message.topic)
         except topics.TopicError:
             return
+        key = None
         with self._lock:
             if leaf == "results":
-                self.results.append(ResultRecord.from_json(message.payload))
+                record = ResultRecord.from_json(message.payload)
+                self.results.append(record)
+                key = result_key(record.result_id)
             elif leaf == "events":
-                self.events.append(JobEvent.from_json(message.payload))
+                event = JobEvent.from_json(message.payload)
+                self.events.append(event)
+                key = event_key(event.job_id, event.state, event.at)
             elif leaf == "status":
                 if message.payload:
                     self.statuses.append(DeviceStatus.from_json(message.payload))
             elif leaf == "chunks/request":
                 request = ChunkRequest.from_json(message.payload)
                 self.chunk_requests.append(request)
+        if key is not None and self.send_receipts:  # "committed" to the lists: as a collector would
+            receipt = Receipt(_device, utc_now(), (key,))
+            client.publish(topics.receipts(_device), receipt.to_json(), qos=1)
         if leaf == "chunks/request" and self.serve_chunks:
             self._serve(request)
 
