@@ -4,6 +4,7 @@
 db = "/var/lib/edgebench-collector/edgebench.db"
 client_id = "edgebench-collector"
 signing_key = "/etc/edgebench/keys/collector.key"
+job_expiry_s = 86400    # devices accept a pushed job this long (`fleet push --expires-in` overrides)
 [broker]
 host = "localhost"  port = 1883  mqtt_version = 5  keepalive = 30
 tls = false  ca_file = ""  cert_file = ""  key_file = ""  username = ""  password = ""  password_file = ""
@@ -66,6 +67,8 @@ class CollectorConfig:
     max_payload_bytes: int = 1024 * 1024
     batch_max: int = 1000
     serve_chunks: bool = True
+    receipts: bool = True  # tell devices what is committed (end-to-end ack; agents delete only then)
+    job_expiry_s: int = 7 * 24 * 3600  # `fleet push` default: devices refuse the job after this long
 
 
 def _typed(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -136,6 +139,8 @@ def load_config(
             broker[key] = value
     top.update({k: v for k, v in (overrides or {}).items() if v is not None})
     broker.update({k: v for k, v in (broker_overrides or {}).items() if v is not None})
+    if top.get("job_expiry_s", 1) <= 0:
+        raise ConfigError(f"job_expiry_s must be > 0 seconds, got {top['job_expiry_s']!r}")
     if broker.get("mqtt_version", 5) not in (3, 5):
         raise ConfigError(f"broker.mqtt_version must be 5 or 3, got {broker['mqtt_version']!r}")
     return replace(CollectorConfig(**top), broker=BrokerSettings(**broker))

@@ -1,12 +1,21 @@
-"""`edgebench collector status`: what the database and the running collector say (read-only)."""
+"""`edgebench collector status`: what the database and the running collector say (read-only).
+
+Two sources: the database (counts, the writers' ``collector_health`` rows) and the writers' state
+files beside it (``<db>.collector/state-*.json``, see :mod:`collector.dbwatch`), which still speak
+when the database cannot be written. A writer whose state is not ``ok`` is NOT WRITING; a health row
+older than :data:`STALE_S` from a live pid is STALLED; only otherwise "running"."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from collector.dbwatch import WriterState, pid_alive, read_states, state_line
 from collector.store import StoreError, open_readonly
+
+STALE_S = 15.0  # a health row this old while its pid lives: stalled (rows are written every ~1 s)
 
 
 @dataclass(frozen=True)
@@ -21,12 +30,38 @@ class CollectorHealth:
     last_received_at: str | None = None
     collector: dict[str, object] | None = None  # the latest collector_health row, if any
     collector_age_s: float | None = None
+    writers: tuple[WriterState, ...] = ()  # the state files beside the database
+    db_error: str | None = None  # the database could not be read (counts are 0 then)
+
+    @property
+    def not_writing(self) -> tuple[WriterState, ...]:
+        """Live writers that cannot write the database (nothing is acknowledged meanwhile)."""
+        return tuple(w for w in self.writers if not w.writing and pid_alive(w.pid))
+
+    @property
+    def not_subscribed(self) -> tuple[WriterState, ...]:
+        """Live writers without their subscriptions (broker down, refused, or not yet back)."""
+        live = (w for w in self.writers if w.db_state != "stopped" and pid_alive(w.pid))
+        return tuple(w for w in live if not w.subscribed)
+
+    @property
+    def stalled(self) -> bool:
+        """The collector's pid lives but its health row is older than STALE_S."""
+        c = self.collector
+        if not c or not c.get("connected") or self.collector_age_s is None or self.collector_age_s < STALE_S:
+            return False
+        return any(pid_alive(int(p)) for p in str(c.get("pid") or "").replace(" ", "").split(",") if p)
 
     @property
     def running(self) -> bool:
         c = self.collector
         return bool(
-            c and c.get("connected") and self.collector_age_s is not None and self.collector_age_s < 30
+            c
+            and c.get("connected")
+            and self.collector_age_s is not None
+            and self.collector_age_s < STALE_S
+            and not self.not_writing
+            and not self.not_subscribed
         )
 
 
@@ -63,8 +98,23 @@ def _combine(rows: list[dict[str, object]], now: datetime) -> dict[str, object]:
 
 
 def collector_health(db_path: str | Path, *, now: datetime | None = None) -> CollectorHealth:
-    """Counts from the database plus the collector's own snapshot (rate, lag, queue)."""
+    """Counts from the database plus the collector's own snapshot (rate, lag, queue) and the writers'
+    state files. A database that is missing or unreadable while a writer reports a state gives a
+    CollectorHealth with ``db_error`` (and zero counts); without any state it is a StoreError."""
     now = now or datetime.now(timezone.utc)
+    writers = tuple(read_states(db_path))
+    try:
+        return _from_db(db_path, now, writers)
+    except (StoreError, sqlite3.Error) as exc:
+        if not writers:
+            raise StoreError(str(exc)) from None
+        return CollectorHealth(
+            db=str(db_path), results=0, devices=0, devices_online=0, dead_letters=0, writers=writers,
+            db_error=str(exc),
+        )  # fmt: skip
+
+
+def _from_db(db_path: str | Path, now: datetime, writers: tuple[WriterState, ...]) -> CollectorHealth:
     db = open_readonly(db_path)
     try:
         conn = db.conn
@@ -99,14 +149,23 @@ def collector_health(db_path: str | Path, *, now: datetime | None = None) -> Col
             last_received_at=conn.execute("SELECT MAX(received_at) FROM results").fetchone()[0],
             collector=row,
             collector_age_s=_age_s(row.get("updated_at") if row else None, now),
+            writers=writers,
         )
     finally:
         db.close()
 
 
 def format_health(h: CollectorHealth) -> str:
-    lines = [
-        f"database        {h.db}",
+    lines = [f"database        {h.db}" + (f" (cannot be read: {h.db_error})" if h.db_error else "")]
+    lines += [f"collector       {state_line(w)}" for w in h.not_writing]
+    lines += [
+        f"collector       NOT SUBSCRIBED ({w.client_id}, pid {w.pid}): {w.broker}; the broker drops what "
+        "arrives for it meanwhile (devices keep it until the collector's receipt)"
+        for w in h.not_subscribed
+    ]
+    if h.db_error:
+        return "\n".join(lines)
+    lines += [
         f"results         {h.results}",
         f"devices         {h.devices} ({h.devices_online} online)",
         f"jobs            {h.jobs}",
@@ -122,7 +181,13 @@ def format_health(h: CollectorHealth) -> str:
     if c is None:
         lines.append("collector       never ran against this database")
     else:
-        state = "running" if h.running else "not running (last seen %.0fs ago)" % (h.collector_age_s or 0)
+        age = h.collector_age_s or 0
+        if h.not_writing or h.not_subscribed:
+            state = "NOT WRITING (above)" if h.not_writing else "NOT SUBSCRIBED (above)"
+        elif h.stalled:
+            state = f"STALLED: its pid lives but its last health snapshot is {age:.0f}s old"
+        else:
+            state = "running" if h.running else f"not running (last seen {age:.0f}s ago)"
         lines += [
             f"collector       {state}: {c.get('client_id')} pid {c.get('pid')}, since {c.get('started_at')}",
             f"ingest rate     {float(c.get('rate_per_s') or 0):.0f} messages/s",

@@ -30,19 +30,19 @@ import paho.mqtt.client as mqtt
 from agent import topics
 from agent.schema import ChunkRequest, utc_now
 from collector.config import CollectorConfig, ConfigError
+from collector.dbwatch import SUBSCRIBED, DbWatch, DbWatchError, check_database
 from collector.mqtt_client import connect_kwargs, make_ingest_client
 from collector.mqttfast import FastClient, ack_batch
 from collector.parse import CHUNK_SHARE, Parsed, parse
+from collector.receipts import build_receipts
 from collector.store import (
     DEAD_LETTER_SQL,
     DEVICE_UPSERT_SQL,
     JOB_EVENT_SQL,
-    connect,
     dead_letter_row,
     device_params,
     insert_result_rows,
     job_event_row,
-    open_db,
     result_row,
 )
 
@@ -76,6 +76,8 @@ class IngestStats:
     chunk_requests: int = 0
     batches: int = 0
     connected: bool = False
+    subscribed: bool = False  # every subscription acknowledged (SUBACK) on the current connection
+    receipts_sent: int = 0
     lag_s: float = 0.0
     rate_per_s: float = 0.0
     lock_wait_s: float = 0.0  # time spent waiting for the database write lock (other workers, readers)
@@ -106,7 +108,10 @@ class Ingestor:
         index_batch: int = 1000,
         checkpoint_rows: int = 20000,
         clock: Callable[[], float] = time.monotonic,
+        create_db: bool = False,
     ):
+        """``create_db``: start an empty database even where a collector has used one before (its
+        ``<db>.collector/`` directory exists); without it that is an IngestError. A first run creates it."""
         self.config = config
         self.on_chunk_request = on_chunk_request
         self.shared_group = shared_group  # results arrive on $share/<group>/... (several workers)
@@ -143,19 +148,28 @@ class Ingestor:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         if isinstance(self.client, FastClient):
             self.client.on_raw_message = self._enqueue  # QoS 1 without properties: no MQTTMessage
+        # The database, watched (collector/dbwatch.py): deleted, replaced, read-only, full, I/O errors
+        # stop the acks and recover by themselves. No automatic checkpoint inside our commits (every
+        # ~1000 pages, ~1/3 of the insert time, and the fsync can stall behind other disk writes): a
+        # checkpointer thread with its own connection runs one when the writer is idle, and under
+        # load every `checkpoint_rows` rows, so the WAL stays bounded. With synchronous=NORMAL the
+        # fsync happens there. A read-only or failing file at start is no error: the writer waits.
+        self.watch = DbWatch(config.db, config.client_id, create=create_db)
         try:
-            self.db = open_db(config.db)
-            self.db.conn.execute("PRAGMA cache_size = -32768")
-            # No automatic checkpoint inside our commits (every ~1000 pages, ~1/3 of the insert time,
-            # and the fsync can stall behind other disk writes): a checkpointer thread with its own
-            # connection runs one when the writer is idle, and under load every `checkpoint_rows`
-            # rows, so the WAL stays bounded. With synchronous=NORMAL the fsync happens there.
-            self.db.conn.execute("PRAGMA wal_autocheckpoint = 0")
-        except Exception as exc:
+            self.watch.open()
+        except (DbWatchError, OSError) as exc:
             raise IngestError(str(exc)) from None
-        self.conn: sqlite3.Connection = self.db.conn
+
+    @property
+    def db(self):  # sqlite_utils.Database | None: None while the database cannot be written
+        return self.watch.db
+
+    @property
+    def conn(self) -> sqlite3.Connection | None:
+        return self.watch.conn
 
     # -- network thread
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -176,8 +190,29 @@ class Ingestor:
             return
         self._generation += 1  # acks of messages from an earlier connection are never sent
         self.stats.connected = True
+        self.stats.subscribed = False
+        self.watch.set_broker("connected, not subscribed yet")
         log.info("connected (session present: %s)", getattr(flags, "session_present", None))
-        client.subscribe(self._subscriptions())
+        subs = self._subscriptions()
+        _rc, self._sub_mid = client.subscribe(subs)
+        self._sub_topics = [t for t, _q in subs]
+
+    _sub_mid: int | None = None
+    _sub_topics: list[str] = []
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, props: Any
+    ) -> None:
+        if mid != self._sub_mid:
+            return
+        refused = [f"{t} ({c})" for t, c in zip(self._sub_topics, reason_codes, strict=False) if c.is_failure]
+        if refused:
+            log.error("NOT SUBSCRIBED: the broker refused %s; nothing arrives there", ", ".join(refused))
+            self.watch.set_broker("connected, not subscribed: the broker refused " + ", ".join(refused))
+            return
+        self.stats.subscribed = True
+        self.watch.set_broker(SUBSCRIBED)
+        log.info("subscribed to %d topics", len(self._sub_topics))
 
     def _on_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         b = self.config.broker
@@ -187,7 +222,9 @@ class Ingestor:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any
     ) -> None:
         self.stats.connected = False
+        self.stats.subscribed = False
         if not self._stop.is_set():
+            self.watch.set_broker(f"disconnected ({reason_code}); reconnecting")
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -215,9 +252,13 @@ class Ingestor:
         return [popleft() for _ in range(n)]
 
     def _write(
-        self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes], at: str
+        self,
+        conn: sqlite3.Connection,
+        parsed: list[Parsed],
+        topics_: list[str],
+        payloads: list[bytes],
+        at: str,
     ) -> tuple[int, int]:
-        conn = self.conn
         results = [result_row(p.message, at, p.text) for p in parsed if p.kind == "result"]
         t0 = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
@@ -248,44 +289,36 @@ class Ingestor:
         return inserted, len(results) - inserted
 
     def _write_one_by_one(
-        self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes], at: str
+        self,
+        conn: sqlite3.Connection,
+        parsed: list[Parsed],
+        topics_: list[str],
+        payloads: list[bytes],
+        at: str,
     ) -> None:
         """After a non-transient store error: isolate the culprit, dead-letter it, keep the rest."""
         for i, p in enumerate(parsed):
             try:
-                self._write([p], [topics_[i]], [payloads[i]], at)
+                self._write(conn, [p], [topics_[i]], [payloads[i]], at)
             except sqlite3.OperationalError:
                 raise
             except sqlite3.Error as exc:
                 parsed[i] = Parsed("dead", reason=f"store-error: {exc}")
-                self._write([parsed[i]], [topics_[i]], [payloads[i]], at)
+                self._write(conn, [parsed[i]], [topics_[i]], [payloads[i]], at)
 
     def _process(self, batch: list[tuple[str, bytes, int, int, float, int]]) -> None:
         topics_ = [b[0] for b in batch]
         payloads = [b[1] for b in batch]
         parsed = [parse(t, p, self.config.max_payload_bytes) for t, p in zip(topics_, payloads, strict=True)]
         at = utc_now()
-        delay = 0.05
-        while True:
-            try:
-                inserted, duplicate = self._write(parsed, topics_, payloads, at)
-                break
-            except sqlite3.OperationalError as exc:  # locked, I/O: transient; never ack, retry
-                log.warning("database write failed (%s); retrying in %.1fs", exc, delay)
-                if self._stop.wait(delay) and delay > 5:
-                    raise
-                delay = min(delay * 2, 10.0)
-            except sqlite3.Error as exc:
-                log.error("batch write failed (%s); writing one by one", exc)
-                self._write_one_by_one(parsed, topics_, payloads, at)
-                n = sum(1 for p in parsed if p.kind == "result")
-                inserted, duplicate = n, 0
-                break
+        inserted, duplicate = self._write_watched(parsed, topics_, payloads, at)
         # Committed: now, and only now, acknowledge (QoS 1: one write of all the PUBACKs).
         generation = self._generation
         # A message from an earlier connection is redelivered on this one (same or new packet id)
         # and its copy is absorbed by the primary key: acking the old mid could hit another message.
         ack_batch(self.client, [(b[2], b[3]) for b in batch if b[3] and b[5] == generation])
+        if self.config.receipts:  # end to end: the devices may now delete these from their outboxes
+            self._send_receipts(parsed, topics_, payloads)
         s = self.stats
         s.committed += len(batch)
         self._since_checkpoint += len(batch)
@@ -314,6 +347,32 @@ class Ingestor:
                         self.on_chunk_request(p.message)
                     except Exception:  # the chunk server must never stop ingest
                         log.exception("chunk request from %s failed", p.message.device_id)
+
+    def _send_receipts(self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes]) -> None:
+        for topic, payload in build_receipts(parsed, topics_, payloads):
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS or info.rc == mqtt.MQTT_ERR_NO_CONN:
+                self.stats.receipts_sent += 1  # NO_CONN: paho sends it after the reconnect
+            else:  # the device sends the messages again after its timeout
+                log.warning("receipt for %s not sent: %s", topic, mqtt.error_string(info.rc))
+
+    def _write_watched(
+        self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes], at: str
+    ) -> tuple[int, int]:
+        """Commit the batch to the file at the configured path (retrying while the database cannot be
+        written: see DbWatch.write); nothing is acknowledged before this returns."""
+
+        def write(conn: sqlite3.Connection) -> tuple[int, int]:
+            try:
+                return self._write(conn, parsed, topics_, payloads, at)
+            except sqlite3.OperationalError:  # locked, read-only, full, I/O: the watch retries
+                raise
+            except sqlite3.Error as exc:
+                log.error("batch write failed (%s); writing one by one", exc)
+                self._write_one_by_one(conn, parsed, topics_, payloads, at)
+                return sum(1 for p in parsed if p.kind == "result"), 0
+
+        return self.watch.write(write, self._stop)
 
     _last_health = 0.0
 
@@ -352,14 +411,24 @@ class Ingestor:
         )
 
     def _write_health_now(self) -> None:
+        """The idle tick: check the database (recovering it when it was deleted or replaced, reopening
+        it once writable again), refresh the state file, write the health row."""
+        self.watch.heartbeat(self._health_every_s, self._clock())
+        conn = self.watch.ensure()
+        if conn is None:
+            self._last_health = self._clock()  # the state file says why; try again next tick
+            return
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._maybe_write_health(self.conn, utc_now(), force=True)
-            self.conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            self._maybe_write_health(conn, utc_now(), force=True)
+            conn.execute("COMMIT")
+            self.watch.committed()
         except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             log.warning("health snapshot not written: %s", exc)
+            if isinstance(exc, sqlite3.OperationalError):
+                self.watch.failed(exc)
 
     def _writer_loop(self) -> None:
         try:
@@ -396,22 +465,21 @@ class Ingestor:
 
         Its own connection: the writer keeps committing (to the WAL) while pages are copied and synced.
         """
-        conn = None
+        # The connection comes from the watch, which closes and reopens it when the file changes.
         try:
-            conn = connect(self.config.db)
             while not self._stop.is_set():
                 if not self._checkpoint_due.wait(0.5):
                     continue
                 self._checkpoint_due.clear()
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:
-                    log.warning("WAL checkpoint failed: %s", exc)
-        except Exception as exc:  # StoreError: the writer's connection reports the real problem
+                with self.watch.aux() as conn:
+                    if conn is None:  # not writing: the writer reports why
+                        continue
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error as exc:
+                        log.warning("WAL checkpoint failed: %s", exc)
+        except Exception as exc:  # the writer's connection reports the real problem
             log.warning("WAL checkpointer stopped: %s", exc)
-        finally:
-            if conn is not None:
-                conn.close()
 
     def _index_when_idle(self) -> None:
         """Bring the report index up to date in steps of ``index_batch`` rows (one transaction each),
@@ -423,24 +491,28 @@ class Ingestor:
                 raise _GiveWay
 
         self._last_index = self._clock()
+        conn = self.conn
+        if conn is None:
+            return
         try:
-            refresh_index(self.conn, batch=self._index_batch, progress=give_way)
+            refresh_index(conn, batch=self._index_batch, progress=give_way)
             self.index_caught_up = True
         except _GiveWay:
             pass
         except (sqlite3.Error, ReportError) as exc:  # the index is a cache: log and retry later
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             log.warning("report index not refreshed: %s", exc)
         self._last_index = self._clock()
 
     # -- lifecycle
     @staticmethod
-    def check_db(path: str) -> None:
-        """Open (create, migrate) the database once; IngestError with the reason if it cannot be used."""
+    def check_db(path: str, *, create: bool = False) -> None:
+        """Open (create, migrate) the database once; IngestError if it cannot be used and waiting would
+        not help (missing where a collector used one and ``create`` unset, not a database)."""
         try:
-            open_db(path).close()
-        except Exception as exc:
+            check_database(path, create=create)
+        except (DbWatchError, OSError) as exc:
             raise IngestError(str(exc)) from None
 
     def start(self) -> Ingestor:
@@ -458,10 +530,11 @@ class Ingestor:
         return self
 
     def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """Wait until connected and every subscription acknowledged (SUBACK): ready to receive."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.stats.connected:
+        while time.monotonic() < deadline and not self.stats.subscribed:
             time.sleep(0.02)
-        return self.stats.connected
+        return self.stats.subscribed
 
     def run(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set (or the writer fails), then stop cleanly."""
@@ -487,17 +560,20 @@ class Ingestor:
             self._writer.join(timeout=timeout_s)
         if self._checkpointer is not None:
             self._checkpointer.join(timeout=timeout_s)
+        conn = self.watch.ensure()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self._maybe_write_health(self.conn, utc_now(), force=True)
-            self.conn.execute(
-                "UPDATE collector_health SET connected = 0 WHERE client_id = ?", (self.config.client_id,)
-            )
-            self.conn.execute("COMMIT")
+            if conn is not None:
+                conn.execute("BEGIN IMMEDIATE")
+                self._maybe_write_health(conn, utc_now(), force=True)
+                conn.execute(
+                    "UPDATE collector_health SET connected = 0 WHERE client_id = ?", (self.config.client_id,)
+                )
+                conn.execute("COMMIT")
         except sqlite3.Error:
-            pass
+            if conn is not None and conn.in_transaction:
+                conn.execute("ROLLBACK")
         # Let the network thread flush the PUBACKs before disconnecting.
         time.sleep(0.2)
         self.client.disconnect()
         self.client.loop_stop()
-        self.db.close()
+        self.watch.close()

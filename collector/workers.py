@@ -44,6 +44,7 @@ def run_ingestor(
     serve_chunks: bool,
     shared_group: str | None,
     control: bool,
+    create_db: bool = False,
 ) -> None:
     chunk_server = None
     if serve_chunks and control:
@@ -55,6 +56,7 @@ def run_ingestor(
         on_chunk_request=chunk_server.handle if chunk_server else None,
         shared_group=shared_group,
         control=control,
+        create_db=create_db,
     )
     if chunk_server is not None:
         chunk_server.attach(ingestor.client)
@@ -96,23 +98,34 @@ def default_workers(config: CollectorConfig) -> int:
 
 
 def serve(
-    config: CollectorConfig, stop: threading.Event, *, workers: int | None = None, serve_chunks: bool = True
+    config: CollectorConfig,
+    stop: threading.Event,
+    *,
+    workers: int | None = None,
+    serve_chunks: bool = True,
+    create_db: bool = False,
 ) -> None:
     """Run until ``stop`` is set. ``workers > 1`` needs MQTT v5 (shared subscriptions); ``None``:
-    :func:`default_workers`."""
+    :func:`default_workers`. ``create_db``: start an empty database where a collector used one that is
+    now missing (otherwise ServeError; a first run creates it anyway)."""
     if workers is None:
         workers = default_workers(config)
     if workers < 1:
         raise ServeError("--workers must be >= 1")
     if workers == 1:
         try:
-            run_ingestor(config, stop, serve_chunks=serve_chunks, shared_group=None, control=True)
+            run_ingestor(
+                config, stop, serve_chunks=serve_chunks, shared_group=None, control=True, create_db=create_db
+            )
         except IngestError as exc:
             raise ServeError(str(exc)) from None
         return
     if config.broker.mqtt_version != 5:
         raise ServeError("several workers need MQTT 5 shared subscriptions; use --workers 1 with MQTT 3.1.1")
-    Ingestor.check_db(config.db)  # migrate once, in the parent, and fail early with a clear message
+    try:  # migrate once, in the parent, and fail early with a clear message (the workers find it there)
+        Ingestor.check_db(config.db, create=create_db)
+    except IngestError as exc:
+        raise ServeError(str(exc)) from None
     ctx = mp.get_context("spawn")
     level = logging.getLogger().level
     procs = [
