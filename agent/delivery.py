@@ -5,14 +5,19 @@ indices); chunks arrive as :class:`~agent.schema.ArtifactChunk` payloads and are
 offset into ``cache/partial/<sha>.part``. When nothing arrives for ``chunk_timeout_s`` the device asks
 again for the missing indices only (resume); after ``retries`` such rounds without progress the fetch
 fails. The assembled file is verified (size, sha256) and moved into the cache atomically (fsync, rename,
-fsync of the directory) as ``cache/<sha256><.onnx|.tflite>``. The cache is bounded by size and evicts
-the least recently used artifacts (use = mtime, refreshed on every hit).
+fsync of the directory) as ``cache/<sha256><.onnx|.tflite>`` (:mod:`agent.cache`: bounded by size,
+least recently used evicted first).
+
+Disk room: the partial file is allocated in full before the first chunk is asked for; when the disk
+lacks room the cache is evicted first (never the running job's pinned artifacts) and the allocation
+tried again. A fetch that fails for any reason (timeout, sha256 mismatch, a chunk write error, cancel,
+no space) removes its partial file: :meth:`ArtifactFetcher.obtain` is fetch + verify + adopt with that
+guarantee.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import threading
 import time
@@ -20,103 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.cache import ArtifactCache, DeliveryError, sha256_file
 from agent.schema import ArtifactChunk, ArtifactRef, ChunkRequest, SchemaError
 
 __all__ = ["ArtifactCache", "ArtifactFetcher", "DeliveryError", "sha256_file"]
-
-
-class DeliveryError(Exception):
-    """An artifact could not be fetched, failed verification, or does not fit the cache."""
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class ArtifactCache:
-    """Content-addressed files ``<root>/<sha256>.<format>``, LRU-evicted above ``max_bytes``."""
-
-    def __init__(self, root: Path, max_bytes: int):
-        self.root = Path(root)
-        self.max_bytes = max_bytes
-        self.partial_dir = self.root / "partial"
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def path_for(self, sha256: str, fmt: str) -> Path:
-        return self.root / f"{sha256}.{fmt}"
-
-    def get(self, sha256: str, fmt: str) -> Path | None:
-        """The cached file (its use time refreshed), or None."""
-        path = self.path_for(sha256, fmt)
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            return None
-        return path
-
-    def entries(self) -> list[Path]:
-        return sorted(
-            (p for p in self.root.iterdir() if p.is_file() and len(p.stem) == 64),
-            key=lambda p: p.stat().st_mtime,
-        )
-
-    def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.entries())
-
-    def adopt(self, assembled: Path, ref: ArtifactRef) -> Path:
-        """Verify ``assembled`` against ``ref`` (size, sha256) and move it into the cache atomically."""
-        size = assembled.stat().st_size
-        if size != ref.size_bytes:
-            assembled.unlink(missing_ok=True)
-            raise DeliveryError(f"{ref.name}: got {size} bytes, the job says {ref.size_bytes}")
-        actual = sha256_file(assembled)
-        if actual != ref.sha256:
-            assembled.unlink(missing_ok=True)
-            raise DeliveryError(
-                f"{ref.name}: sha256 mismatch (expected {ref.sha256[:12]}..., got {actual[:12]}...)"
-            )
-        with open(assembled, "rb+") as f:
-            os.fsync(f.fileno())
-        final = self.path_for(ref.sha256, ref.format)
-        os.replace(assembled, final)
-        _fsync_dir(self.root)
-        self.evict(keep={final})
-        return final
-
-    def verify(self, path: Path, ref: ArtifactRef) -> None:
-        """Re-check a cached file; a corrupt one is removed."""
-        if path.stat().st_size != ref.size_bytes or sha256_file(path) != ref.sha256:
-            path.unlink(missing_ok=True)
-            raise DeliveryError(f"{ref.name}: cached copy is corrupt (removed); fetch it again")
-
-    def evict(self, keep: set[Path] = frozenset()) -> list[Path]:  # type: ignore[assignment]
-        """Remove least recently used files until the cache fits ``max_bytes``."""
-        removed = []
-        with self._lock:
-            entries = self.entries()
-            total = sum(p.stat().st_size for p in entries)
-            for path in entries:
-                if total <= self.max_bytes:
-                    break
-                if path in keep:
-                    continue
-                total -= path.stat().st_size
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        return removed
 
 
 @dataclass
@@ -158,6 +70,22 @@ class ArtifactFetcher:
     def cached(self, ref: ArtifactRef) -> Path | None:
         return self.cache.get(ref.sha256, ref.format)
 
+    def obtain(
+        self,
+        ref: ArtifactRef,
+        cancel: threading.Event | None = None,
+        progress: Callable[[float], None] | None = None,
+        verifying: Callable[[], None] | None = None,
+    ) -> Path:
+        """Fetch, verify and adopt ``ref``: its path in the cache. On any failure no partial file stays."""
+        part = self.fetch(ref, cancel, progress)
+        try:
+            if verifying is not None:
+                verifying()
+            return self.cache.adopt(part, ref)
+        finally:
+            part.unlink(missing_ok=True)  # adopted: already moved; failed: removed
+
     def fetch(
         self,
         ref: ArtifactRef,
@@ -174,7 +102,16 @@ class ArtifactFetcher:
             raise DeliveryError(f"{ref.name}: {ref.size_bytes} bytes does not fit the cache")
         total = -(-ref.size_bytes // self.chunk_size)
         path = self.cache.partial_dir / f"{ref.sha256}.part"
-        _allocate(path, ref)
+        self.cache.make_room(ref.size_bytes, f"room for {ref.name}")
+        try:
+            _allocate(path, ref)
+        except _NoSpace:  # the disk filled up meanwhile, or the margin was not enough: evict, retry
+            if not self.cache.evict(ref.size_bytes, reason=f"room for {ref.name}"):
+                raise _no_space(ref, path) from None
+            try:
+                _allocate(path, ref)
+            except _NoSpace:
+                raise _no_space(ref, path) from None
         transfer = _Transfer(ref, self.chunk_size, total, path)
         with self._lock:
             self._active[ref.sha256] = transfer
@@ -262,21 +199,33 @@ class ArtifactFetcher:
         return True
 
 
+class _NoSpace(Exception):
+    """ENOSPC while allocating a partial file (nothing of it is left)."""
+
+
+def _no_space(ref: ArtifactRef, path: Path) -> DeliveryError:
+    return DeliveryError(
+        f"{ref.name}: no space left on the device for {ref.size_bytes} bytes in {path.parent} "
+        "(after evicting what the cache could give)"
+    )
+
+
 def _allocate(path: Path, ref: ArtifactRef) -> None:
     """Create the partial file at its full size, with the blocks reserved where the file system can
-    (posix_fallocate), so that a disk without room fails here with a clear reason, not chunk by chunk."""
+    (posix_fallocate), so that a disk without room fails here with a clear reason, not chunk by chunk.
+    Raises :class:`_NoSpace` (nothing left behind) or DeliveryError."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _NoSpace() from None
         raise DeliveryError(f"{ref.name}: cannot create {path}: {exc.strerror}") from None
     try:
         _reserve(fd, ref.size_bytes)
     except OSError as exc:
         path.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
-            raise DeliveryError(
-                f"{ref.name}: no space left on the device for {ref.size_bytes} bytes in {path.parent}"
-            ) from None
+            raise _NoSpace() from None
         raise DeliveryError(f"{ref.name}: cannot allocate {path}: {exc.strerror}") from None
     finally:
         os.close(fd)

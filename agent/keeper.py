@@ -12,6 +12,10 @@ in order, and retried:
   failing that, logged whole at CRITICAL (``UNSTORED ...``) so that the journal keeps it.
 
 Nothing already in the outbox is touched: SQLite rolls the failed transaction back.
+
+Before any of this, the device's outbox (:class:`agent.room.RoomMakingOutbox`) has already asked the
+artifact cache for room (least recently used models, never the running job's): OutboxFull reaches the
+keeper only when no cached model is left to give.
 """
 
 from __future__ import annotations
@@ -71,24 +75,27 @@ class MessageKeeper:
                 self._note_room(what)
             return
         delay = 1.0
-        while True:
-            self.store_held()  # what others held goes first (when stopping: their last resort)
-            if not self._held:
-                try:
-                    self._enqueue(topic, payload)
-                except OutboxFull as exc:
-                    self._note_full(what, exc)
-                else:
-                    self._waiting = False
-                    self._note_room(what)
+        try:
+            while True:
+                self.store_held()  # what others held goes first (when stopping: their last resort)
+                if not self._held:
+                    try:
+                        self._enqueue(topic, payload)
+                    except OutboxFull as exc:
+                        self._note_full(what, exc)
+                    else:
+                        self._note_room(what)
+                        return
+                if self._stopping.is_set():
+                    self._last_resort(topic, payload, what)
                     return
-            if self._stopping.is_set():
-                self._waiting = False
-                self._last_resort(topic, payload, what)
-                return
-            self._waiting = True
-            self._stopping.wait(delay)
-            delay = min(delay * 2, self._max_delay_s)
+                self._waiting = True
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self._max_delay_s)
+        finally:
+            # whatever ends the wait (stored, last resort, or an error such as a payload over the
+            # limit) ends the count: a flag left set read as a phantom "1 pending" in every heartbeat
+            self._waiting = False
 
     def store_held(self) -> None:
         """Store what was held, in order, while there is room; when stopping, the last resort."""

@@ -10,7 +10,10 @@ outbox for the next start. No runtime is imported here: measurements run in fres
 
 A full disk stops nothing and loses nothing stored: every result and event goes through
 :class:`agent.keeper.MessageKeeper`, which holds what the outbox cannot take and retries (the worker
-waits, so no new result is made meanwhile).
+waits, so no new result is made meanwhile); before that, the artifact cache gives way (least recently
+used models, never the running job's: :mod:`agent.cache`, :mod:`agent.room`). A job that a kill -9 or
+power cut interrupted resumes at the next start with the artifacts it had not measured
+(:mod:`agent.job_run`).
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from agent import topics
+from agent.cache import ArtifactCache
 from agent.config import AgentConfig
-from agent.delivery import ArtifactCache, ArtifactFetcher, DeliveryError
+from agent.delivery import ArtifactFetcher
+from agent.job_run import JobRun, Runner
 from agent.jobs import ACTIVE, JobStore, target_matches
 from agent.keeper import MessageKeeper
 from agent.outbox import OutboxError, SqliteOutbox
+from agent.replay import ReplayGuard
+from agent.room import RoomMakingOutbox
 from agent.schema import (
     ArtifactInfo,
     ArtifactRef,
@@ -48,13 +54,12 @@ from agent.schema import (
     utc_now,
 )
 from agent.signing import SignatureError, load_trusted_keys, verify
+from agent.timestamps import Clock, system_clock
 from agent.transport import MqttTransport, PayloadTooLarge
 
 log = logging.getLogger("edgebench.agent")
 
 __all__ = ["AgentError", "AgentService", "Runner", "run_measurement"]
-
-Runner = Callable[[Path, Job, ArtifactRef, DeviceInfo, threading.Event], list[ResultRecord]]
 
 
 class AgentError(Exception):
@@ -94,10 +99,9 @@ def run_measurement(
 
 
 class AgentService:
-    def __init__(
-        self, config: AgentConfig, *, device: DeviceInfo | None = None, runner: Runner | None = None
-    ):
-        self.config = config
+    def __init__(self, config: AgentConfig, *, device: DeviceInfo | None = None,
+                 runner: Runner | None = None, clock: Clock = system_clock):  # fmt: skip
+        self.config, self.clock = config, clock  # clock: the replay guard's (agent.replay)
         self.device_id = config.device_id
         self.device = device
         self.runner = runner or partial(run_measurement, max_threads=config.jobs.max_threads)
@@ -126,9 +130,13 @@ class AgentService:
         try:
             c.data_dir.mkdir(parents=True, exist_ok=True)
             self.trusted = load_trusted_keys(c.jobs.trusted_keys)
-            self.outbox = SqliteOutbox(c.outbox_path, c.outbox.max_rows, c.broker.max_payload_kb * 1024)
-            self.jobs = JobStore(c.jobs_dir)
+            # disk room: cached models go first (LRU, never the running job's), then the keeper holds
             self.cache = ArtifactCache(c.cache_dir, int(c.jobs.cache_mb * 2**20))
+            self.cache.clear_partials()
+            box = SqliteOutbox(c.outbox_path, c.outbox.max_rows, c.broker.max_payload_kb * 1024)
+            self.outbox = RoomMakingOutbox(box, self.cache.free_for)
+            self.jobs = JobStore(c.jobs_dir, make_room=self.cache.free_for)
+            self.replay = ReplayGuard(c.data_dir, clock=self.clock)  # first start, seen job ids
         except (OSError, SignatureError, OutboxError) as exc:
             raise AgentError(str(exc)) from None
         if not self.trusted:
@@ -148,6 +156,9 @@ class AgentService:
             on_message=self._on_message,
             on_connected=self._on_connected,
             on_error=self.errors.append,
+            receipt_topic=topics.receipts(self.device_id) if c.outbox.receipts else None,
+            confirm_timeout_s=c.outbox.confirm_timeout_s,
+            confirm_timeout_max_s=c.outbox.confirm_timeout_max_s,
         )
         self.fetcher = ArtifactFetcher(
             self.cache,
@@ -158,8 +169,19 @@ class AgentService:
             retries=c.jobs.chunk_retries,
             max_artifact_bytes=int(c.jobs.max_artifact_mb * 2**20),
         )
+        self.job_run = JobRun(
+            jobs=self.jobs,
+            cache=self.cache,
+            fetcher=self.fetcher,
+            runner=self.runner,
+            device=lambda: self.device,  # type: ignore[arg-type,return-value]
+            deliver=self._deliver,
+            set_state=self._set,
+            progress=lambda job_id, name, p: self._event(job_id, "fetching", name, progress=p),
+        )
         for entry in recovered:
             self._event(entry.job_id, entry.state, entry.detail)
+            self.job_run.redeliver(entry.job_id)  # records a kill -9 caught on their way to the outbox
         self.transport.subscribe(
             [*topics.job_topics_for(self.device_id, c.tags), topics.device_chunks(self.device_id)]
         )
@@ -251,16 +273,14 @@ class AgentService:
             verify(message, self.trusted)
         except SignatureError as exc:
             return str(exc)
-        if isinstance(message, Job):
-            if not target_matches(message.target, self.device_id, self.config.tags):
-                return f"target {message.target!r} is not this device"
-            if message.expires_at and message.expires_at < utc_now():
-                return f"expired at {message.expires_at}"
-        return None
+        self.replay.remember(message)  # signed: never run twice, whatever is decided below
+        if isinstance(message, Job) and not target_matches(message.target, self.device_id, self.config.tags):
+            return f"target {message.target!r} is not this device"
+        return self.replay.refusal(message)  # expired, issued before this device joined
 
     def _on_job(self, job: Job) -> None:
-        if self.jobs.get(job.job_id) is not None:
-            return  # redelivery of a job we already have
+        if self.jobs.get(job.job_id) is not None or self.replay.seen(job.job_id):
+            return  # redelivery or replay of a job already seen (the job store may have been pruned)
         reason = self._check(job)
         if reason is not None:
             self.jobs.add(job.job_id, job, "rejected", reason)
@@ -308,42 +328,9 @@ class AgentService:
         timer = threading.Timer(self.config.jobs.max_job_s, self._abort, args=("timeout",))
         timer.daemon = True
         timer.start()
-        result_ids: list[str] = []
-        state, detail = "done", ""
-        try:
-            ready = []
-            for ref in job.artifacts:
-                self._set(job, "fetching", ref.name)
-                path = self.fetcher.cached(ref)
-                if path is None:
-                    part = self.fetcher.fetch(
-                        ref,
-                        cancel,
-                        progress=lambda p, name=ref.name: self._event(
-                            job.job_id, "fetching", name, progress=p
-                        ),
-                    )
-                    self._set(job, "verifying", ref.name)
-                    path = self.cache.adopt(part, ref)
-                else:
-                    self._set(job, "verifying", f"{ref.name} (cached)")
-                    self.cache.verify(path, ref)
-                ready.append((ref, path))
-            self._set(job, "running", f"{len(ready)} artifact(s)")
-            records: list[ResultRecord] = []
-            for ref, path in ready:
-                if cancel.is_set():
-                    break
-                for record in self.runner(path, job, ref, self.device, cancel):  # type: ignore[arg-type]
-                    if self._deliver(record):
-                        result_ids.append(record.result_id)
-                    records.append(record)
-            state, detail = _summarize(records)
-        except DeliveryError as exc:
-            state, detail = "failed", str(exc)
-        except Exception as exc:
-            log.exception("job %s failed", job.job_id)
-            state, detail = "failed", f"internal error: {exc!r}"
+        try:  # fetch and measure what the job's entry does not list as measured (agent.job_run)
+            outcome = self.job_run.run(job, cancel)
+            state, detail, result_ids = outcome.state, outcome.detail, outcome.result_ids
         finally:
             timer.cancel()
         if cancel.is_set():
@@ -432,17 +419,6 @@ class AgentService:
     def _error(self, message: str) -> None:
         log.error("%s", message)
         self.errors.append(message)
-
-
-def _summarize(records: list[ResultRecord]) -> tuple[str, str]:
-    ok = sum(r.status == "ok" for r in records)
-    failed = [r for r in records if r.status == "failed"]
-    if records and not ok and failed:
-        return "failed", failed[0].error or "every measurement failed"
-    detail = f"{ok} ok"
-    if failed:
-        detail += f", {len(failed)} failed ({failed[0].error})"
-    return "done", detail
 
 
 def _loose_job_id(payload: bytes) -> str | None:

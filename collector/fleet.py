@@ -5,17 +5,24 @@ A push publishes one signed :class:`~agent.schema.Job` (QoS 1) to the target's t
 (:func:`agent.topics.jobs_topic_for_target`). Devices that are offline get it when they come back
 (their persistent sessions hold it). Chunks are served by this process while it waits and by
 ``collector serve`` at any time (both on the shared subscription ``$share/edgebench-chunks/...``,
-so each request is answered once), from the path registered in the ``artifacts`` table.
+so each request is answered once), from the path registered in the ``artifacts`` table; this process
+serves its own job's artifacts only to the devices the job addresses (:func:`addressed_by`).
+
+Every pushed job carries ``expires_at`` = ``created_at`` + ``--expires-in`` (default: the config's
+``job_expiry_s``); agents refuse it after that, and refuse jobs created before they joined
+(:mod:`agent.replay`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,8 @@ import sqlite_utils
 from agent import topics
 from agent.artifacts import artifact_info, file_sha256
 from agent.errors import BenchError
-from agent.schema import ArtifactRef, BenchSettings, Job, JobEvent, SchemaError, new_id, utc_now
+from agent.schema import ArtifactRef, BenchSettings, Job, JobEvent, SchemaError, new_id
+from agent.timestamps import Clock, system_clock, to_wire
 from collector.chunks import ChunkServer
 from collector.config import CollectorConfig
 from collector.mqtt_client import connect_kwargs, make_client
@@ -190,25 +198,60 @@ def resolve_target(db: sqlite_utils.Database, to: str) -> tuple[str, list[str]]:
 
 # ---------------------------------------------------------------- jobs
 
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``30m``, ``12h``, ``7d``, ``1w``, ``1d12h`` or plain seconds -> seconds (> 0); FleetError if not."""
+    raw = text.strip().lower()
+    if raw.isdigit():
+        seconds = int(raw)
+    elif raw and re.fullmatch(f"(?:{_DURATION.pattern})+", raw):
+        seconds = sum(int(n) * _UNIT_S[unit] for n, unit in _DURATION.findall(raw))
+    else:
+        raise FleetError(f"expected a duration such as 30m, 12h or 7d, got {text!r}")
+    if seconds <= 0:
+        raise FleetError(f"the duration must be more than 0 seconds, got {text!r}")
+    return seconds
+
 
 def build_job(
     artifacts: Sequence[RegisteredArtifact],
     target: str,
     settings: BenchSettings,
     *,
-    expires_at: str | None = None,
+    expires_in_s: float | None = None,
+    clock: Clock = system_clock,
 ) -> Job:
+    """A new unsigned job created now; with ``expires_in_s``, ``expires_at`` = created + that."""
+    created = clock()
+    expires_at = None if expires_in_s is None else to_wire(created + timedelta(seconds=expires_in_s))
     try:
         return Job(
             job_id=new_id(),
-            created_at=utc_now(),
+            created_at=to_wire(created),
             target=target,
             artifacts=tuple(a.ref for a in artifacts),
             settings=settings,
             expires_at=expires_at,
         )
-    except SchemaError as exc:
+    except (SchemaError, OverflowError) as exc:
         raise FleetError(f"invalid job: {exc}") from None
+
+
+def addressed_by(
+    target: str, devices: Sequence[str], artifacts: Sequence[RegisteredArtifact]
+) -> Callable[[str, str], bool]:
+    """The push's own chunk policy (no database): its artifacts, to the devices its target reached when
+    resolved (``all``: any device). A device enrolled later gets chunks from ``collector serve``."""
+    shas = frozenset(a.ref.sha256 for a in artifacts)
+    allowed = frozenset(devices)
+
+    def addressed(device_id: str, sha256: str) -> bool:
+        return sha256 in shas and (target == "all" or device_id in allowed)
+
+    return addressed
 
 
 def sign(job: Job, key_path: str | Path) -> Job:
@@ -341,12 +384,19 @@ class Pusher:
         wait: bool = True,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
+        expires_in_s: float | None = None,
     ) -> PushOutcome:
-        job = sign(build_job(artifacts, target, settings), key_path)
+        """``expires_in_s``: how long devices accept the job (default: the config's ``job_expiry_s``)."""
+        expiry = self.config.job_expiry_s if expires_in_s is None else expires_in_s
+        job = sign(build_job(artifacts, target, settings, expires_in_s=expiry), key_path)
         register(self.db, artifacts)
         self._job_id = job.job_id
         self.progress = {d: DeviceProgress(d) for d in devices}
-        self.chunks = ChunkServer(paths={a.ref.sha256: a.path for a in artifacts}, on_served=self._served)
+        self.chunks = ChunkServer(
+            paths={a.ref.sha256: a.path for a in artifacts},
+            on_served=self._served,
+            addressed=addressed_by(target, devices, artifacts),
+        )
         client = make_client(
             self.config.broker, f"edgebench-push-{job.job_id[:8]}", persistent=False, manual_ack=False
         )

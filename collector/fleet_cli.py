@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from collector.cli import broker_options, config_from_options
+from collector.config import CollectorConfig
 from collector.enroll_cli import enroll
 
 
@@ -22,7 +23,7 @@ fleet_group.add_command(enroll)
 
 
 def _open(db: str | None, config_path: str | None):
-    from collector.store import StoreError, open_db
+    from collector.store import StoreError, open_db, require_database
 
     config = config_from_options(db, None, config_path=config_path)
     if not Path(config.db).exists():
@@ -30,6 +31,7 @@ def _open(db: str | None, config_path: str | None):
             f"no database at {config.db} (start `edgebench collector serve --db PATH`)"
         )
     try:
+        require_database(config.db)  # an empty or foreign file is an error, never given a schema
         return config, open_db(config.db)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
@@ -183,17 +185,26 @@ class _Live:
 @click.option("--cooldown", "cooldown_c", type=float, help="Wait until the board is below this temperature.")
 @click.option("--no-wait", is_flag=True, help="Publish and return; devices report to `collector serve`.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=600, show_default=True)
+@click.option(
+    "--expires-in",
+    help="How long devices accept the job: 30m, 12h, 7d (default: job_expiry_s in the config, "
+    f"{CollectorConfig().job_expiry_s / 86400:g} days).",
+)
 def push(artifacts: tuple[Path, ...], to: str, db: str | None, signing_key: str | None, preset: str,
          threads: str | None, batch: int, min_runs: int | None, min_time_s: float | None,
          max_time_s: float | None, repeats: int, profile_ops: bool, cooldown_c: float | None, no_wait: bool,
-         timeout_s: float, **kw: Any) -> None:  # fmt: skip
+         timeout_s: float, expires_in: str | None, **kw: Any) -> None:  # fmt: skip
     """Register ARTIFACTS (model files or a converter manifest.json), sign a job, publish it to the
     target, serve the model chunks and show each device's progress until done or --timeout."""
     from agent.schema import BenchSettings
-    from collector.fleet import FleetError, Pusher, collect_artifacts, resolve_target
+    from collector.fleet import FleetError, Pusher, collect_artifacts, parse_duration, resolve_target
     from collector.store import StoreError, open_db
 
     config = config_from_options(db, None, signing_key=signing_key, **kw)
+    try:
+        expires_in_s = parse_duration(expires_in) if expires_in is not None else config.job_expiry_s
+    except FleetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires-in") from None
     try:
         thread_list = tuple(int(t) for t in threads.split(",") if t.strip()) if threads else ()
     except ValueError:
@@ -227,6 +238,7 @@ def push(artifacts: tuple[Path, ...], to: str, db: str | None, signing_key: str 
             key_path=config.signing_key,
             wait=not no_wait,
             timeout_s=timeout_s,
+            expires_in_s=expires_in_s,
         )
     except FleetError as exc:
         raise click.ClickException(str(exc)) from None
