@@ -12,12 +12,17 @@ packets instead of one queued packet, one wake-up byte and one ``send()`` per me
 are those ``Client.ack()`` would send (``0x40 0x02 <packet id>``, valid in MQTT 3.1.1 and 5, where
 reason code "success" may be omitted).
 
-Both use paho internals (``_create_socket``, ``_packet_queue``): they are enabled only when those
-exist with the expected shape (:data:`FAST_PATH`), otherwise the plain paho behaviour is used.
+Both use paho internals (``_create_socket``, ``_packet_queue``, ``_handle_publish`` and the
+``_in_packet`` / ``_manual_ack`` / ``_protocol`` / ``_sock`` attributes). Hence paho-mqtt is pinned to
+the tested range (pyproject.toml), tests/test_ingest_mqttfast.py checks exactly those internals (a
+contract test that fails first on a paho that changed them), and they are enabled only when they exist
+(:data:`FAST_PATH`). ``EDGEBENCH_PLAIN_PAHO=1`` turns the fast path off: the plain paho client and
+``Client.ack`` per message, which CI runs the ingest tests with once too.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,9 +33,10 @@ READ_CHUNK = 65536
 BURST_PACKETS = 256  # packets read per loop iteration at most (acks and keepalive still interleave)
 _PUBACK = 0x40
 
-FAST_PATH = all(
-    callable(getattr(mqtt.Client, name, None))
-    for name in ("_create_socket", "_packet_queue", "_packet_read", "loop_read", "_handle_publish")
+PLAIN_PAHO_ENV = "EDGEBENCH_PLAIN_PAHO"
+INTERNALS = ("_create_socket", "_packet_queue", "_packet_read", "loop_read", "_handle_publish")
+FAST_PATH = os.environ.get(PLAIN_PAHO_ENV, "") in ("", "0") and all(
+    callable(getattr(mqtt.Client, name, None)) for name in INTERNALS
 )
 
 

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 import threading
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.schema import new_id
-from collector.mqttfast import FAST_PATH, BufferedSocket, FastClient, ack_batch
+from collector.mqttfast import FAST_PATH, INTERNALS, PLAIN_PAHO_ENV, BufferedSocket, FastClient, ack_batch
 from tests.support.mqtt_peer import Peer, wait_for
 
 
@@ -50,8 +52,26 @@ def _client(port: int, cid: str) -> FastClient:
     return c
 
 
+def test_paho_internals_the_fast_path_relies_on():
+    """The contract with paho-mqtt (pinned to >=2.2,<2.3): exactly what collector/mqttfast.py uses."""
+    for name in INTERNALS:
+        assert callable(getattr(mqtt.Client, name)), name
+    params = list(inspect.signature(mqtt.Client._packet_queue).parameters)
+    assert params[:5] == ["self", "command", "packet", "mid", "qos"]
+    assert list(inspect.signature(mqtt.Client._handle_publish).parameters) == ["self"]
+    assert list(inspect.signature(mqtt.Client._create_socket).parameters) == ["self"]
+    assert "max_packets" in inspect.signature(mqtt.Client.loop_read).parameters
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    for attr in ("_in_packet", "_manual_ack", "_protocol", "_sock"):
+        assert hasattr(client, attr), attr
+    assert {"command", "packet"} <= set(client._in_packet)
+    assert client._manual_ack is True and client._protocol == mqtt.MQTTv5
+    # the PUBACK bytes ack_batch writes are those of paho's own _send_puback (MQTT 3.1.1 and 5)
+    assert "_send_puback" in dir(mqtt.Client)
+
+
+@pytest.mark.skipif(not FAST_PATH, reason=f"fast path off ({PLAIN_PAHO_ENV})")
 def test_raw_hook_paho_path_and_batched_acks(mosquitto):
-    assert FAST_PATH  # paho 2.2 as installed: the fast path is on
     cid, topic = f"fast-{new_id()[:8]}", f"edgebench/test/{new_id()[:8]}"
     raw: list[tuple[str, bytes, int, int]] = []
     paho_path: list[tuple[str, bytes, int]] = []
