@@ -74,6 +74,8 @@ class IngestStats:
     statuses: int = 0
     events: int = 0
     chunk_requests: int = 0
+    dropped: int = 0  # counted, not stored: empty status payloads (a retained status being cleared)
+    retained_cleared: int = 0  # retained garbage on a status topic removed from the broker
     batches: int = 0
     connected: bool = False
     subscribed: bool = False  # every subscription acknowledged (SUBACK) on the current connection
@@ -334,9 +336,13 @@ class Ingestor:
                 s.events += 1
             elif p.kind == "chunk_request":
                 s.chunk_requests += 1
+            elif p.kind == "drop":
+                s.dropped += 1
             elif p.kind == "dead":
                 s.dead[p.reason.partition(":")[0]] += 1
                 log.warning("dead letter on %s: %s", topics_[i], p.reason)
+                if self.control and topics_[i].endswith("/status") and payloads[i]:
+                    self._clear_retained(topics_[i])
         now = self._clock()
         s.lag_s = now - min(b[4] for b in batch)
         self._rate_window.append((now, s.committed))
@@ -347,6 +353,15 @@ class Ingestor:
                         self.on_chunk_request(p.message)
                     except Exception:  # the chunk server must never stop ingest
                         log.exception("chunk request from %s failed", p.message.device_id)
+
+    def _clear_retained(self, topic: str) -> None:
+        """A status that is a dead letter may be retained: clear it, or every reconnect brings it back
+        (the device's next heartbeat publishes its real status again). The empty message this sends
+        comes back to us as a counted drop, not a dead letter."""
+        info = self.client.publish(topic, b"", qos=1, retain=True)
+        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self.stats.retained_cleared += 1
+            log.warning("cleared the retained message on %s (a dead letter)", topic)
 
     def _send_receipts(self, parsed: list[Parsed], topics_: list[str], payloads: list[bytes]) -> None:
         for topic, payload in build_receipts(parsed, topics_, payloads):

@@ -4,6 +4,7 @@ job events, MQTT 3.1.1 mode, the status command."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import pytest
@@ -147,7 +148,7 @@ def test_parse_is_pure_and_total():
     rec = make_record("dev-1")
     assert parse(topics.results("dev-1"), rec.to_json().encode(), 1 << 20).message == rec
     assert parse("edgebench/v1/devices/dev-1/unknown", b"{}", 1 << 20).reason.startswith("unknown-topic")
-    assert parse(topics.status("dev-1"), b"", 1 << 20).reason.startswith("bad-json")
+    assert parse(topics.status("dev-1"), b"", 1 << 20).kind == "drop"  # a cleared retained status
 
 
 def test_status_command(ingestor, peer, db_path):
@@ -165,3 +166,24 @@ def test_status_command(ingestor, peer, db_path):
     assert "results         5" in out.output and "(1 online)" in out.output and "bad-json 1" in out.output
     missing = CliRunner().invoke(collector_group, ["status", "--db", str(db_path) + ".nope"])
     assert missing.exit_code == 1 and "no database" in missing.output and "Traceback" not in missing.output
+
+
+def test_retained_garbage_on_a_status_topic_is_dead_lettered_once(mosquitto, db_path):
+    peer = Peer(mosquitto.port, f"peer-{new_id()[:8]}")
+    topic = topics.status("pi-garbage")
+    try:
+        peer.publish(topic, b"\x00 not a status", retain=True)
+        config = _config(mosquitto, db_path)
+        for first in (True, False, False):  # every (re)start of the collector gets the retained ones
+            ing = Ingestor(config).start()
+            try:
+                assert ing.wait_connected(10)
+                if first:
+                    assert wait_for(lambda ing=ing: ing.stats.retained_cleared == 1, 10)
+                time.sleep(0.5)  # a retained message would arrive right after the SUBACK
+            finally:
+                ing.stop()
+        assert db_count(db_path, "SELECT COUNT(*) FROM dead_letters WHERE topic = ?", (topic,)) == 1
+    finally:
+        peer.publish(topic, b"", retain=True)
+        peer.close()
