@@ -6,15 +6,21 @@ to encode them to plain dicts and to decode and *validate* plain dicts back. Any
 
 Supported annotations: ``int``, ``float`` (ints accepted), ``str``, ``bool``, ``None`` unions
 (``X | None``), ``Literal[...]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses.
+
+:func:`load_json` is the one strict JSON decoder of the wire format (agent and collector): UTF-8 only,
+bounded nesting, no duplicate keys, no NaN/Infinity, 64-bit integers, finite floats, no lone surrogates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import types
 import typing
 from functools import cache
+from itertools import accumulate
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
@@ -26,6 +32,104 @@ class SchemaError(ValueError):
     def __init__(self, message: str, field: str | None = None):
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+MAX_DEPTH = 32  # nested arrays/objects in one message (the wire format itself needs 4)
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQLite stores; beyond is an error, not a silent float
+
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')  # once escapes are gone, a string has no inner quote
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _Reject(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Reject(f"duplicate key {key[:64]!r}")
+            seen.add(key)
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text) if len(text) <= 20 else None  # never convert thousands of digits
+    if value is None or not INT_MIN <= value <= INT_MAX:
+        raise _Reject(f"integer {text[:24]}{'...' if len(text) > 24 else ''} out of the 64-bit range")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Reject(f"number {text[:24]} out of range")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise _Reject(f"{name} is not JSON")
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of arrays/objects, by a linear scan (no recursion; strings are skipped)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return 0  # cannot be deeper than that: skip the scan
+    if '"' in text:
+        text = _STRING.sub("", _ESCAPE.sub("", text))
+    steps = _NOT_BRACKET.sub("", text)
+    return max(accumulate(map(_STEP.__getitem__, steps)), default=0)
+
+
+def load_json(payload: str | bytes) -> Any:
+    """Parse one wire message strictly; :class:`SchemaError` ``not valid JSON: <why>`` otherwise.
+
+    Bytes must be UTF-8 without a byte order mark (never UTF-16/32 or latin-1). The nesting depth is
+    checked by a byte scan before parsing (never a RecursionError); duplicate keys, NaN/Infinity,
+    integers outside 64 bits, numbers that overflow a double and lone surrogates (``\\ud800``) are
+    refused. Never raises anything but :class:`SchemaError`.
+    """
+    try:
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            raw = bytes(payload)
+            if raw.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+                raise _Reject("a byte order mark: the wire format is UTF-8 without BOM")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _Reject(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        elif isinstance(payload, str):
+            text = payload
+            if text.startswith("\ufeff"):
+                raise _Reject("a byte order mark: the wire format is UTF-8 without BOM")
+        else:
+            raise _Reject(f"expected bytes or text, got {type(payload).__name__}")
+        if "\x00" in text:
+            raise _Reject("a NUL byte (UTF-16 or UTF-32? the wire format is UTF-8)")
+        depth = _depth(text)
+        if depth > MAX_DEPTH:
+            raise _Reject(f"nested {depth} deep (limit {MAX_DEPTH})")
+        data = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_constant,
+        )
+        if _SURROGATE_ESCAPE.search(text) or not isinstance(payload, (bytes, bytearray, memoryview)):
+            try:  # a lone surrogate (an escape, or in text given as str) cannot be encoded as UTF-8
+                json.dumps(data, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Reject("a lone surrogate in a string") from None
+    except (ValueError, RecursionError) as exc:  # _Reject, json.JSONDecodeError, int digit limits
+        raise SchemaError(f"not valid JSON: {exc}") from None
+    return data
 
 
 @cache

@@ -8,9 +8,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import pairwise
 from typing import Literal
 
 from agent.codec import SchemaError
+from agent.timestamps import parse_wire
 
 ModelFormat = Literal["onnx", "tflite", "unknown"]  # "unknown": only in failed records of unreadable files
 
@@ -36,6 +38,49 @@ def _check_sha256(value: str, name: str) -> None:
         raise SchemaError(f"not a lowercase hex sha256: {value!r}", name)
 
 
+# ---------------------------------------------------------------- range and consistency rules
+# Each rule raises SchemaError naming the field and the rule ("latency.p50_ms: must be > 0, got -1.0"),
+# which the collector files as an "invalid-field" dead letter.
+
+_ROUNDING = 1e-9  # relative slack for orderings of values computed in floating point
+
+
+_LATENCIES = ("mean_ms", "min_ms", "p50_ms", "p50_ci_low_ms", "p50_ci_high_ms", "p90_ms", "p99_ms", "max_ms")
+_MEMORY_SIZES = (
+    "baseline_rss_mb",
+    "after_import_rss_mb",
+    "load_peak_mb",
+    "inference_peak_mb",
+    "rss_anon_mb",
+    "rss_file_mb",
+)
+
+
+def _check_utc(value: str, name: str) -> None:
+    """An ISO-8601 time in UTC (``2025-01-01T00:00:00.000Z`` or ``+00:00``), as :func:`utc_now` writes."""
+    try:
+        parse_wire(value)
+    except ValueError:
+        got = value[:40]
+        raise SchemaError(f"must be an ISO-8601 time in UTC (Z or +00:00), got {got!r}", name) from None
+
+
+def _check_min(obj: object, names: tuple[str, ...], low: float, strict: bool = False) -> None:
+    """Every named field that is present (not None) is >= low (> low when strict)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (value <= low if strict else value < low):
+            raise SchemaError(f"must be {'>' if strict else '>='} {low:g}, got {value!r}", name)
+
+
+def _check_order(obj: object, names: tuple[str, ...]) -> None:
+    """The present fields among ``names`` are non-decreasing (up to float rounding)."""
+    present = [(n, getattr(obj, n)) for n in names if getattr(obj, n) is not None]
+    for (a, x), (b, y) in pairwise(present):
+        if x > y * (1 + _ROUNDING):
+            raise SchemaError(f"must be <= {b} ({y!r}), got {x!r}", a)
+
+
 # ---------------------------------------------------------------- result record parts
 
 
@@ -54,6 +99,9 @@ class DeviceInfo:
     agent_version: str = ""
     runtimes: dict[str, str] = field(default_factory=dict)  # runtime name -> version
     tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_min(self, ("cpu_cores", "ram_mb"), 0)
 
 
 @dataclass(frozen=True)
@@ -98,11 +146,18 @@ class RunConfig:
     options: dict[str, str] = field(default_factory=dict)  # e.g. graph_optimization_level, xnnpack
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
 
+    def __post_init__(self) -> None:
+        _check_min(self, ("threads",), 0)  # 0: the runtime's default
+        _check_min(self, ("batch",), 1)
+
 
 @dataclass(frozen=True)
 class ColdStart:
     load_ms: float
     first_inference_ms: float
+
+    def __post_init__(self) -> None:
+        _check_min(self, ("load_ms", "first_inference_ms"), 0)
 
 
 @dataclass(frozen=True)
@@ -128,6 +183,17 @@ class LatencyStats:
     repeat_medians_ms: tuple[float, ...] = ()
     samples_ms: tuple[float, ...] | None = None
 
+    def __post_init__(self) -> None:
+        _check_min(self, ("n",), 1)
+        _check_min(self, _LATENCIES, 0.0, strict=True)
+        _check_min(self, ("std_ms", "cv", "mad_ms", "outliers", "warmup_runs", "throughput_ips"), 0)
+        _check_order(self, ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms"))
+        _check_order(self, ("p50_ci_low_ms", "p50_ms", "p50_ci_high_ms"))
+        if self.outliers > self.n:
+            raise SchemaError(f"must be <= n ({self.n}), got {self.outliers}", "outliers")
+        if self.repeat_medians_ms and min(self.repeat_medians_ms) <= 0:
+            raise SchemaError(f"must be > 0, got {min(self.repeat_medians_ms)!r}", "repeat_medians_ms")
+
 
 @dataclass(frozen=True)
 class MemoryStats:
@@ -138,7 +204,10 @@ class MemoryStats:
     inference_peak_mb: float | None = None
     rss_anon_mb: float | None = None
     rss_file_mb: float | None = None
-    growth_mb: float | None = None
+    growth_mb: float | None = None  # may be negative: the process gave memory back
+
+    def __post_init__(self) -> None:
+        _check_min(self, _MEMORY_SIZES, 0)
 
 
 @dataclass(frozen=True)
@@ -146,6 +215,9 @@ class CpuStats:
     cpu_s_per_inference: float
     user_s: float
     system_s: float
+
+    def __post_init__(self) -> None:
+        _check_min(self, ("cpu_s_per_inference", "user_s", "system_s"), 0)
 
 
 @dataclass(frozen=True)
@@ -183,6 +255,9 @@ class EnergyStats:
     avg_power_w: float | None = None
     note: str = ""
 
+    def __post_init__(self) -> None:
+        _check_min(self, ("joules_per_inference", "avg_power_w"), 0)
+
 
 @dataclass(frozen=True)
 class AccuracyInfo:
@@ -200,6 +275,11 @@ class OpProfile:
     mean_ms: float
     share: float  # 0..1 of the profiled time
     provider: str = ""  # e.g. CPUExecutionProvider, XNNPACK delegate
+
+    def __post_init__(self) -> None:
+        _check_min(self, ("mean_ms", "share"), 0)
+        if self.share > 1 + _ROUNDING:
+            raise SchemaError(f"must be <= 1 (a share of the profiled time), got {self.share!r}", "share")
 
 
 # ---------------------------------------------------------------- jobs

@@ -18,7 +18,6 @@ power cut interrupted resumes at the next start with the artifacts it had not me
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from agent import topics
 from agent.cache import ArtifactCache
+from agent.codec import load_json
 from agent.config import AgentConfig
 from agent.delivery import ArtifactFetcher
 from agent.job_run import JobRun, Runner
@@ -423,7 +423,7 @@ class AgentService:
 
 def _loose_job_id(payload: bytes) -> str | None:
     try:
-        data = json.loads(payload)
+        data = load_json(payload)  # bounded depth and size: never recurses on hostile nesting
         return str(uuid.UUID(data["job_id"]))
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (SchemaError, ValueError, TypeError, KeyError, AttributeError):
         return None

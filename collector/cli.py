@@ -68,7 +68,17 @@ def collector_group() -> None:
 
 
 @collector_group.command("serve")
-@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database (created if missing).")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    help="SQLite database. Created on the first run; once a collector has used it (DB.collector/ "
+    "beside it), a missing file is an error unless --create-db.",
+)
+@click.option(
+    "--create-db",
+    is_flag=True,
+    help="Start an empty database even though a collector has used one at --db that is now missing.",
+)
 @click.option("--client-id", help="MQTT client id = the persistent session's name.")
 @broker_options
 @click.option(
@@ -88,6 +98,7 @@ def collector_group() -> None:
 @click.option("-v", "--verbose", is_flag=True)
 def serve(
     db: str | None,
+    create_db: bool,
     client_id: str | None,
     workers: int,
     no_chunks: bool,
@@ -98,7 +109,10 @@ def serve(
     """Subscribe to every device and store results, status and job events (until SIGTERM/Ctrl-C).
 
     Messages are acknowledged only after their rows are committed, on a persistent session, so a
-    collector killed at any moment loses nothing and stores nothing twice.
+    collector killed at any moment loses nothing and stores nothing twice. The database file is
+    watched: deleted or replaced while running, it is restored (or merged) from the open connection;
+    read-only, full or failing, nothing is acknowledged (messages wait at the broker) until it is
+    writable again, and `collector status` says NOT WRITING meanwhile.
     """  # fmt: skip
     from dataclasses import replace
 
@@ -125,7 +139,7 @@ def serve(
         err=True,
     )
     try:
-        run_serve(config, stop, workers=workers, serve_chunks=not no_chunks)
+        run_serve(config, stop, workers=workers, serve_chunks=not no_chunks, create_db=create_db)
     except ServeError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -135,10 +149,12 @@ def serve(
 @click.option("--config", "config_path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(db: str | None, config_path: str | None, as_json: bool) -> None:
-    """Rows, devices online, dead letters, ingest rate and lag."""
+    """Rows, devices online, dead letters, ingest rate and lag; NOT WRITING / STALLED (exit 1) when the
+    collector cannot write the database or its pid lives but its health snapshot is stale."""
     import dataclasses
     import json
 
+    from collector.dbwatch import read_states
     from collector.health import collector_health, format_health
     from collector.store import StoreError
 
@@ -146,13 +162,16 @@ def status(db: str | None, config_path: str | None, as_json: bool) -> None:
         path = db or load_config(config_path).db
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if not Path(path).exists():
+    if not Path(path).exists() and not read_states(path):
         raise click.ClickException(f"no database at {path} (start `edgebench collector serve --db {path}`)")
     try:
         health = collector_health(path)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({**dataclasses.asdict(health), "running": health.running}, indent=2))
+        extra = {"running": health.running, "stalled": health.stalled, "writing": not health.not_writing}
+        click.echo(json.dumps({**dataclasses.asdict(health), **extra}, indent=2))
     else:
         click.echo(format_health(health))
+    if health.not_writing or health.stalled or health.db_error:
+        raise SystemExit(1)

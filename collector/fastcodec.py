@@ -3,29 +3,39 @@
 :func:`agent.codec.decode` walks type hints for every value (~200 us for a full result record).
 Here each dataclass's hints are compiled once into closures that do the same checks with plain
 ``type(x) is ...`` tests. The fast path is only ever *as strict or stricter* than the reference:
-whenever it has any doubt (a failed check, a ``__post_init__`` error, an exotic annotation) it
-falls back to the reference decoder, which either accepts or raises the exact same
-:class:`~agent.codec.SchemaError` the agent side would. Equivalence is property-tested.
+whenever it has any doubt (a failed check, a ``__post_init__`` error, an exotic annotation, a
+document orjson refuses or that may carry duplicate keys) the reference decides:
+``cls.from_json(payload)`` (:func:`agent.codec.load_json`, the same strict decoder the agent uses),
+which either accepts or raises the exact same :class:`~agent.codec.SchemaError` the agent side
+would. The fast path therefore only ever *accepts*; every error is the reference's. Equivalence is
+property-tested.
+
+Why an accepted document is one the reference accepts too: orjson refuses what ``load_json``
+refuses (BOMs, non-UTF-8, lone surrogates, NaN/Infinity, overflowing numbers; it turns integers
+beyond 64 bits into floats, which the checks here doubt), the compiled checks bound integers and
+floats to 64 bits, a decoded message is at most as deep as the schema (no ``Any``), and
+:func:`_unique_keys` doubts any document that repeated a key (orjson keeps the last).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from agent.codec import SchemaError
+from agent.codec import INT_MAX, INT_MIN
 from agent.schema import SUPPORTED_VERSIONS
 
-try:  # a collector dependency (the "collector" extra); the standard library decides on any doubt
+try:  # a collector dependency (the "collector" extra); the reference decides on any doubt
     from orjson import JSONDecodeError as _FastJSONError
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson missing
     _fast_loads = None
+
+_FLOAT_BOUND = 2.0**63  # |x| beyond: orjson may have made it from an integer token too big for int64
 
 T = TypeVar("T")
 Decoder = Callable[[Any], Any]
@@ -59,7 +69,7 @@ def _inline_check(tp: Any, var: str, name: str, ns: dict[str, Any], cache: dict[
             inner = _inline_check(args[0], var, name, ns, cache)
             return [f"if {var} is not None:", *("    " + line for line in inner)]
     if tp is int:
-        return [f"if type({var}) is not int: raise _D"]
+        return [f"if type({var}) is not int or not _IMIN <= {var} <= _IMAX: raise _D"]
     if tp is str:
         return [f"if type({var}) is not str: raise _D"]
     if tp is bool:
@@ -67,8 +77,8 @@ def _inline_check(tp: Any, var: str, name: str, ns: dict[str, Any], cache: dict[
     if tp is float:
         return [
             f"if type({var}) is float:",
-            f"    if {var} - {var} != 0.0: raise _D",  # inf - inf and nan - nan are nan: not finite
-            f"elif type({var}) is int: {var} = float({var})",
+            f"    if not -_FB < {var} < _FB: raise _D",  # also NaN (every comparison is false) and inf
+            f"elif type({var}) is int and -_FB < {var} < _FB: {var} = float({var})",
             "else: raise _D",
         ]
     if origin is Literal and all(type(a) is str for a in get_args(tp)):
@@ -86,6 +96,9 @@ def _compile_dataclass(cls: type, cache: dict[Any, Decoder]) -> Decoder:
     ns: dict[str, Any] = {
         "_D": _DOUBT,
         "_Doubt": _Doubt,
+        "_IMIN": INT_MIN,
+        "_IMAX": INT_MAX,
+        "_FB": _FLOAT_BOUND,
         "_isfinite": math.isfinite,
         "_cls": cls,
         "_names": frozenset(f.name for f in all_fields),
@@ -161,18 +174,14 @@ def _plain_dataclass(cls: type) -> bool:
 
 
 def _dec_int(v: Any) -> int:
-    if type(v) is int:
+    if type(v) is int and INT_MIN <= v <= INT_MAX:
         return v
     raise _DOUBT
 
 
 def _dec_float(v: Any) -> float:
     t = type(v)
-    if t is float:
-        if math.isfinite(v):
-            return v
-        raise _DOUBT
-    if t is int:
+    if (t is float or t is int) and -_FLOAT_BOUND < v < _FLOAT_BOUND:
         return float(v)
     raise _DOUBT
 
@@ -199,8 +208,8 @@ def _compile_value(tp: Any, cache: dict[Any, Decoder]) -> Decoder:
     simple = {int: _dec_int, float: _dec_float, str: _dec_str, bool: _dec_bool, type(None): _dec_none}
     if tp in simple:
         return simple[tp]
-    if tp is Any:
-        return lambda v: v
+    if tp is Any:  # unbounded depth and values: the reference decides
+        return lambda v: _fail()
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -255,45 +264,105 @@ def _compile_value(tp: Any, cache: dict[Any, Decoder]) -> Decoder:
 _CACHE: dict[Any, Decoder] = {}
 
 
-def decode_dict(cls: type[T], data: Any) -> T:
-    """Like ``cls.from_dict(data)`` for a top-level message class, fast when the message is valid."""
-    if (
+def _fast_decode(cls: type[T], data: Any) -> T:
+    """The compiled path only: the message, or :class:`_Doubt`."""
+    if not (
         type(data) is dict
         and type(data.get("schema_version")) is int
         and data["schema_version"] in SUPPORTED_VERSIONS
         and data.get("kind", cls.KIND) == cls.KIND  # type: ignore[attr-defined]
     ):
-        body = dict(data)
-        body.pop("kind", None)
-        decoder = _CACHE.get(cls) or _compile(cls, _CACHE)
-        try:
-            return decoder(body)
-        except _Doubt:
-            pass
-        except RecursionError:
-            pass
-    return cls.from_dict(data)  # type: ignore[attr-defined]
+        raise _DOUBT
+    body = dict(data)
+    body.pop("kind", None)
+    decoder = _CACHE.get(cls) or _compile(cls, _CACHE)
+    try:
+        return decoder(body)
+    except RecursionError:
+        raise _DOUBT from None
 
 
-def _loads(payload: str | bytes) -> Any:
-    """``json.loads``, via orjson (~2x faster) when it accepts the text.
+def decode_dict(cls: type[T], data: Any) -> T:
+    """Like ``cls.from_dict(data)`` for a top-level message class, fast when the message is valid."""
+    try:
+        return _fast_decode(cls, data)
+    except _Doubt:
+        return cls.from_dict(data)  # type: ignore[attr-defined]
 
-    Where orjson refuses (NaN/Infinity literals, integers beyond 64 bits, non-UTF-8 encodings, ...) the
-    standard library parses or raises, so the outcome and the error text are exactly those of
-    ``json.loads``; a document both accept decodes to the same values.
+
+def _zero(_v: Any) -> int:
+    return 0
+
+
+def _str_colons(v: str) -> int:
+    return v.count(":")
+
+
+def _compile_counter(tp: Any, cache: dict[Any, Callable[[Any], int]]) -> Callable[[Any], int]:
+    """For a value the compiled decoder of ``tp`` accepted: its keys plus the colons in its strings.
+
+    Generated like the decoders (a dataclass's keys are its field names, so they hold no colon;
+    a ``tuple[X, ...]`` of numbers is skipped without a look at each sample).
     """
-    if _fast_loads is not None:
-        try:
-            return _fast_loads(payload)
-        except _FastJSONError:
-            pass
-    return json.loads(payload)
+    if tp in cache:
+        return cache[tp]
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        (tp,) = [a for a in get_args(tp) if a is not type(None)]  # accepted: one variant besides None
+        origin = get_origin(tp)
+    zero = _zero
+    if tp is str:
+        counter: Callable[[Any], int] = _str_colons
+    elif dataclasses.is_dataclass(tp):
+        ns: dict[str, Any] = {}
+        lines = ["def count(v):", "    n = len(v)"]
+        for k, f in enumerate(dataclasses.fields(tp)):
+            sub = _compile_counter(typing.get_type_hints(tp)[f.name], cache)
+            if sub is zero:
+                continue
+            ns[f"_K{k}"] = sub
+            count = 'x.count(":")' if sub is _str_colons else f"_K{k}(x)"
+            lines += [f"    x = v.get({f.name!r})", f"    if x: n += {count}"]
+        lines.append("    return n")
+        exec(compile("\n".join(lines), f"<fastcodec count {tp.__name__}>", "exec"), ns)
+        counter = ns["count"]
+    elif origin is tuple:
+        item = _compile_counter(get_args(tp)[0], cache)
+        counter = zero if item is zero else (lambda v: sum(map(item, v)))
+    elif origin is dict:
+        val = _compile_counter(get_args(tp)[1], cache)
+        counter = lambda v: len(v) + sum(k.count(":") + val(x) for k, x in v.items())  # noqa: E731
+    else:  # numbers, booleans, literals (no colon in the schema's literals), None
+        counter = zero
+    cache[tp] = counter
+    return counter
+
+
+_COUNTERS: dict[Any, Callable[[Any], int]] = {}
+
+
+def _unique_keys(cls: type, payload: bytes, data: dict[str, Any]) -> bool:
+    """True only when no object of the (decoded, schema-checked) document repeated a key.
+
+    Outside strings every colon separates a key from its value; inside, a colon is itself unless
+    spelled ``\\u003a``. So without such escapes, the payload holds exactly as many colons as the
+    decoded document has keys plus colons in its strings, and more when orjson dropped a repeated
+    key (and everything in its earlier value).
+    """
+    if b"\\" in payload and b"\\u00" in payload:  # single-byte search first: fast
+        return False
+    counter = _COUNTERS.get(cls) or _compile_counter(cls, _COUNTERS)
+    return payload.count(b":") == counter(data)
 
 
 def decode_json(cls: type[T], payload: str | bytes) -> T:
     """Like ``cls.from_json(payload)``: strict, raising the reference :class:`SchemaError`."""
-    try:
-        data = _loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SchemaError(f"not valid JSON: {exc}") from None
-    return decode_dict(cls, data)
+    if _fast_loads is not None and type(payload) is bytes:
+        try:
+            data = _fast_loads(payload)
+            message = _fast_decode(cls, data)
+            if _unique_keys(cls, payload, data):
+                return message
+        except (_FastJSONError, _Doubt):
+            pass
+    return cls.from_json(payload)  # type: ignore[attr-defined]

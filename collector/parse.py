@@ -3,7 +3,10 @@
 Pure (no I/O): :func:`parse` checks the size, the topic, the JSON against :mod:`agent.schema` (through
 the generated fast decoders of :mod:`collector.fastcodec`) and that the device in the message is the
 device in the topic. Every failure is a :class:`Parsed` of kind "dead" with ``"<class>: <detail>"``,
-the class one of :data:`DEAD_CLASSES`.
+the class one of :data:`DEAD_CLASSES`. Any byte string on any topic: the JSON is decoded by
+:func:`agent.codec.load_json` (UTF-8 only, bounded depth, no duplicate keys, ...), the same decoder
+the agent uses, and an exception the checks did not foresee is an "internal-error" dead letter,
+never a stopped collector.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ CHUNK_SHARE = "$share/edgebench-chunks/"  # collector and `fleet push` share chu
 
 @dataclass(frozen=True)
 class Parsed:
-    kind: str  # "result" | "status" | "event" | "chunk_request" | "dead"
+    kind: str  # "result" | "status" | "event" | "chunk_request" | "drop" (counted) | "dead"
     message: Any = None
     text: str = ""  # results: the validated JSON as received
     reason: str = ""  # dead letters: "<class>: <detail>"
@@ -38,6 +41,7 @@ DEAD_CLASSES = (
     "topic-mismatch",
     "unknown-topic",
     "store-error",
+    "internal-error",  # a bug: the parser raised; the message is kept as a dead letter
 )
 
 
@@ -63,6 +67,13 @@ _KINDS = {"results": "result", "status": "status", "events": "event", "chunks/re
 
 def parse(topic: str, payload: bytes, max_bytes: int) -> Parsed:
     """Validate one message against the wire format and its topic. Never raises."""
+    try:
+        return _parse(topic, payload, max_bytes)
+    except Exception as exc:  # whatever it is, one message must not stop the service
+        return Parsed("dead", reason=f"internal-error: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _parse(topic: str, payload: bytes, max_bytes: int) -> Parsed:
     if len(payload) > max_bytes:
         return Parsed("dead", reason=f"oversize: {len(payload)} bytes > limit {max_bytes}")
     try:
@@ -73,7 +84,7 @@ def parse(topic: str, payload: bytes, max_bytes: int) -> Parsed:
     if cls is None:
         return Parsed("dead", reason=f"unknown-topic: no handler for leaf {leaf!r}")
     if leaf == "status" and not payload:
-        return Parsed("dead", reason="bad-json: empty payload (a cleared retained status)")
+        return Parsed("drop", reason="empty status: a retained status being cleared")  # counted, not kept
     try:
         message = decode_json(cls, payload)
     except SchemaError as exc:

@@ -111,10 +111,11 @@ def _filters(
 
 
 def _open(db_path: Path) -> sqlite3.Connection:
-    from collector.store import StoreError, open_db
+    from collector.store import StoreError, open_db, require_database
 
     if not db_path.exists():
         raise StoreError(f"no database at {db_path} (pass --db, or run the collector first)")
+    require_database(db_path)  # an empty or foreign file is an error, never given a schema
     return open_db(db_path).conn
 
 

@@ -101,7 +101,10 @@ def parse_since(text: str, now: Callable[[], datetime] = lambda: datetime.now(ti
     value = text.strip()
     rel = _REL.match(value.lower())
     if rel:
-        return _iso(now() - timedelta(**{_UNITS[rel.group(2)]: float(rel.group(1))}))
+        try:
+            return _iso(now() - timedelta(**{_UNITS[rel.group(2)]: float(rel.group(1))}))
+        except (OverflowError, ValueError):  # e.g. 9999999d: before year 1
+            raise ReportError(f"the time {text!r} is too far back (the calendar starts at year 1)") from None
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -110,7 +113,10 @@ def parse_since(text: str, now: Callable[[], datetime] = lambda: datetime.now(ti
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return _iso(dt)
+    try:
+        return _iso(dt)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise ReportError(f"the time {text!r} is out of range") from None
 
 
 def _device_tags(conn: sqlite3.Connection) -> dict[str, set[str]]:

@@ -76,10 +76,29 @@ def open_db(
     return sqlite_utils.Database(conn)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def require_database(path: str | Path) -> None:
+    """StoreError unless ``path`` is an existing SQLite file: what a read command checks before it
+    opens anything, so that a missing, empty or foreign file is reported, never created or migrated."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        raise StoreError(f"no database at {path}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+    if not header:
+        raise StoreError(f"{path} is an empty file, not a collector database")
+    if header != SQLITE_HEADER:
+        raise StoreError(f"{path} is not an SQLite database")
+
+
 def open_readonly(path: str | Path, *, timeout_s: float = 10.0) -> sqlite_utils.Database:
     """A read-only handle for status and reports (never creates the file)."""
-    if not Path(path).exists():
-        raise StoreError(f"no database at {path}")
+    require_database(path)
     return sqlite_utils.Database(connect(path, timeout_s=timeout_s, readonly=True))
 
 

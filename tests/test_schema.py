@@ -6,6 +6,7 @@ import dataclasses
 import json
 import typing
 import uuid
+from datetime import timezone
 from typing import Literal, get_args, get_origin
 
 import pytest
@@ -28,12 +29,40 @@ from agent.schema import (
     SchemaError,
     parse_message,
 )
+from agent.stats import summarize
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64, min_value=-1e12, max_value=1e12)
 text = st.text(max_size=20)
 sha = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 uuids = st.uuids().map(str)
-SPECIAL = {"sha256": sha, "result_id": uuids, "job_id": uuids, "size_bytes": st.integers(1, 2**40)}
+timestamps = st.datetimes(timezones=st.just(timezone.utc)).map(
+    lambda t: t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+)
+unit = st.floats(0.0, 1.0)
+# The agent's own statistics of random timings (ns), so every invariant of a measurement holds.
+latencies = st.builds(
+    summarize,
+    st.lists(st.integers(1, 10**10), min_size=1, max_size=200),
+    warmup_runs=st.integers(0, 100),
+    repeat_medians_ms=st.lists(st.floats(1e-6, 1e6), max_size=3),
+    keep_samples=st.booleans(),
+)
+SPECIAL = {
+    "sha256": sha,
+    "result_id": uuids,
+    "job_id": uuids,
+    "size_bytes": st.integers(1, 2**40),
+    "latency": latencies,
+    "at": timestamps,
+    "started_at": timestamps,
+    "finished_at": timestamps,
+    "progress": st.none() | unit,
+    "share": unit,
+    "batch": st.integers(1, 2**53),
+}
+# Fields that may be negative; every other number on the wire is a count, size, duration or rate (>= 0).
+SIGNED = {"growth_mb", "drift_pct", "value", "reference", "delta", "temp_start_c", "temp_end_c", "temp_max_c",
+          "cooldown_c", "t_s", "temp_c", "power_w", "psi_cpu_some_avg10", "steal_pct"}  # fmt: skip
 
 
 def strategy_for(tp, name: str = ""):
@@ -56,6 +85,8 @@ def strategy_for(tp, name: str = ""):
         return st.dictionaries(text, strategy_for(get_args(tp)[1]), max_size=3)
     if origin is not None:  # Optional / union
         return st.one_of(*(st.none() if a is type(None) else strategy_for(a, name) for a in get_args(tp)))
+    if name not in SIGNED and tp in (int, float):
+        return st.integers(0, 2**53) if tp is int else finite.map(abs)
     return {int: st.integers(-(2**53), 2**53), float: finite, str: text, bool: st.booleans()}[tp]
 
 
@@ -66,7 +97,7 @@ def _records_unchecked():
         for f in dataclasses.fields(ResultRecord)
         if f.name not in ("schema_version", "status", "error", "latency")
     }
-    lat = strategy_for(LatencyStats)
+    lat = latencies
 
     @st.composite
     def build(draw):
@@ -185,7 +216,7 @@ def test_parse_message_rejects_unknown_kind():
 
 
 def test_kind_mismatch_is_rejected():
-    status = DeviceStatus(device_id="pi-1", state="online", at="t")
+    status = DeviceStatus(device_id="pi-1", state="online", at="2026-01-01T00:00:00.000Z")
     with pytest.raises(SchemaError, match="expected kind 'result'"):
         ResultRecord.from_json(status.to_json())
 

@@ -1,0 +1,85 @@
+"""A stream of hostile payloads of every class on the results, status and events topics of a real
+mosquitto, then a valid record: the collector is still running, the valid record is stored, and
+every hostile payload is accounted for (a dead letter, or stored when the mutation left it valid)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from agent import topics
+from agent.schema import new_id
+from collector.config import BrokerSettings, CollectorConfig
+from collector.ingest import Ingestor
+from collector.parse import parse
+from tests.support import hostile as h
+from tests.support.mqtt_peer import Peer, db_count, wait_for
+from tests.support.records import make_record
+
+
+def _subscribed(topic: str) -> bool:
+    parts = topic.split("/")
+    return len(parts) == 5 and parts[:3] == ["edgebench", "v1", "devices"] and parts[4] in h.MESSAGE_LEAVES
+
+
+def _stream(seed: int, n: int) -> list[h.Hostile]:
+    """n hostile messages, every mutation and random bytes on every subscribed leaf at least once."""
+    rnd = random.Random(seed)
+    out = [h.mutated(leaf, m, rnd) for leaf in h.MESSAGE_LEAVES for m in h.MUTATIONS]
+    out += [h.random_bytes(leaf, rnd) for leaf in h.MESSAGE_LEAVES]
+    out.append(h.Hostile(topics.status(h.DEVICE), b"", "empty-status", "bad-json"))
+    while len(out) < n:
+        msg = h.hostile(rnd, h.MESSAGE_LEAVES)
+        if _subscribed(msg.topic):
+            out.append(msg)
+    return [m for m in out if _subscribed(m.topic)]
+
+
+@pytest.fixture
+def ingestor(mosquitto, db_path):
+    config = CollectorConfig(
+        db=str(db_path),
+        client_id=f"hostile-{new_id()[:8]}",
+        broker=BrokerSettings(host=mosquitto.host, port=mosquitto.port, mqtt_version=5),
+        max_payload_bytes=h.MAX_BYTES,
+    )
+    ing = Ingestor(config).start()
+    assert ing.wait_connected(10)
+    time.sleep(0.3)  # SUBACK
+    yield ing
+    ing.stop()
+
+
+def test_hostile_stream_then_a_valid_record(ingestor, mosquitto, db_path):
+    stream = _stream(seed=13, n=300)
+    expected = [parse(m.topic, m.payload, h.MAX_BYTES) for m in stream]
+    dead = sum(p.kind == "dead" for p in expected)
+    assert dead >= len(h.MUTATIONS)  # most are dead letters; a few mutations leave a message valid
+    peer = Peer(mosquitto.port, f"hostile-peer-{new_id()[:8]}")
+    try:
+        for m in stream:
+            peer.publish(m.topic, m.payload)
+        valid = make_record(h.DEVICE)
+        peer.publish(topics.results(h.DEVICE), valid.to_json())
+    finally:
+        peer.close()
+    found = "SELECT COUNT(*) FROM results WHERE result_id = ?"
+    assert wait_for(lambda: db_count(db_path, found, (valid.result_id,)) == 1, 60)
+    # + the empty retained messages the collector publishes to clear dead-lettered statuses (drops)
+    s = ingestor.stats
+    assert wait_for(lambda: s.committed == len(stream) + 1 + s.retained_cleared, 30)
+    assert s.dropped >= s.retained_cleared  # and the empty status payloads of the stream itself
+    assert ingestor._writer is not None and ingestor._writer.is_alive()
+    assert ingestor._writer_error is None
+    assert ingestor.stats.dead_letters == dead
+    assert db_count(db_path, "SELECT COUNT(*) FROM dead_letters") == dead
+    stored_results = sum(p.kind == "result" for p in expected) + 1
+    assert db_count(db_path) == stored_results
+    by_class: dict[str, int] = {}
+    for p in expected:
+        if p.kind == "dead":
+            cls = p.reason.partition(":")[0]
+            by_class[cls] = by_class.get(cls, 0) + 1
+    assert dict(ingestor.stats.dead) == by_class
