@@ -307,6 +307,10 @@ class Ingestor:
             except sqlite3.Error as exc:
                 parsed[i] = Parsed("dead", reason=f"store-error: {exc}")
                 self._write(conn, [parsed[i]], [topics_[i]], [payloads[i]], at)
+            except Exception as exc:  # a poison message: quarantined as a dead letter, the rest goes on
+                log.exception("message on %s could not be written; dead-lettered", topics_[i])
+                parsed[i] = Parsed("dead", reason=f"internal-error: {type(exc).__name__}: {str(exc)[:200]}")
+                self._write(conn, [parsed[i]], [topics_[i]], [payloads[i]], at)
 
     def _process(self, batch: list[tuple[str, bytes, int, int, float, int]]) -> None:
         topics_ = [b[0] for b in batch]
@@ -382,8 +386,8 @@ class Ingestor:
                 return self._write(conn, parsed, topics_, payloads, at)
             except sqlite3.OperationalError:  # locked, read-only, full, I/O: the watch retries
                 raise
-            except sqlite3.Error as exc:
-                log.error("batch write failed (%s); writing one by one", exc)
+            except Exception as exc:  # a store error, or one message the code did not foresee
+                log.error("batch write failed (%r); writing one by one", exc)
                 self._write_one_by_one(conn, parsed, topics_, payloads, at)
                 return sum(1 for p in parsed if p.kind == "result"), 0
 

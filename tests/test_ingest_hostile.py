@@ -83,3 +83,38 @@ def test_hostile_stream_then_a_valid_record(ingestor, mosquitto, db_path):
             cls = p.reason.partition(":")[0]
             by_class[cls] = by_class.get(cls, 0) + 1
     assert dict(ingestor.stats.dead) == by_class
+
+
+def test_a_poison_message_is_dead_lettered_and_the_rest_of_its_batch_stored(mosquitto, db_path, monkeypatch):
+    """A message that makes the write raise something nobody foresaw (here: result_row, patched to fail
+    for one result id) is quarantined as an internal-error dead letter; the service goes on."""
+    import collector.ingest as ingest
+
+    poison, good = make_record(h.DEVICE), [make_record(h.DEVICE) for _ in range(5)]
+    real = ingest.result_row
+
+    def result_row(message, *args, **kw):
+        if message.result_id == poison.result_id:
+            raise RuntimeError("unforeseen")
+        return real(message, *args, **kw)
+
+    monkeypatch.setattr(ingest, "result_row", result_row)
+    config = CollectorConfig(
+        db=str(db_path),
+        client_id=f"test-{new_id()[:8]}",
+        broker=BrokerSettings(host=mosquitto.host, port=mosquitto.port),
+    )
+    ingestor = Ingestor(config).start()
+    peer = Peer(mosquitto.port, f"peer-{new_id()[:8]}")
+    try:
+        assert ingestor.wait_connected(10)
+        for record in (good[0], poison, *good[1:]):
+            peer.publish(topics.results(h.DEVICE), record.to_json())
+        assert wait_for(lambda: db_count(db_path) == 5, 20)
+        assert wait_for(lambda: ingestor.stats.dead["internal-error"] == 1, 10)
+        assert ingestor._writer is not None and ingestor._writer.is_alive()
+        reason = "SELECT COUNT(*) FROM dead_letters WHERE reason LIKE 'internal-error: RuntimeError%'"
+        assert db_count(db_path, reason) == 1
+    finally:
+        peer.close()
+        ingestor.stop()
