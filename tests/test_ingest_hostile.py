@@ -38,7 +38,10 @@ def _stream(seed: int, n: int) -> list[h.Hostile]:
 
 
 @pytest.fixture
-def ingestor(mosquitto, db_path):
+def ingestor(fresh_mosquitto, db_path):
+    """A broker of its own: hundreds of large hostile payloads in the shared broker's persistence would
+    slow its save-after-every-change for every later test."""
+    mosquitto = fresh_mosquitto
     config = CollectorConfig(
         db=str(db_path),
         client_id=f"hostile-{new_id()[:8]}",
@@ -52,7 +55,8 @@ def ingestor(mosquitto, db_path):
     ing.stop()
 
 
-def test_hostile_stream_then_a_valid_record(ingestor, mosquitto, db_path):
+def test_hostile_stream_then_a_valid_record(ingestor, fresh_mosquitto, db_path):
+    mosquitto = fresh_mosquitto
     stream = _stream(seed=13, n=300)
     expected = [parse(m.topic, m.payload, h.MAX_BYTES) for m in stream]
     dead = sum(p.kind == "dead" for p in expected)
