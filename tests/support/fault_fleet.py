@@ -27,24 +27,20 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgebench.broker import MosquittoBroker, stop_process
+from tests.support.mqtt_peer import wait_for as _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL_STATES = ("done", "failed", "rejected", "cancelled", "aborted")
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every_s)
-    return predicate()
+    """tests.support.mqtt_peer.wait_for, polling less often (the predicates here query SQLite files)."""
+    return _wait_for(predicate, timeout_s, every_s)
 
 
 def query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
