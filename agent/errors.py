@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wire.errors import EdgebenchError
 
-class BenchError(Exception):
+
+class BenchError(EdgebenchError):
     """A user-facing problem with a model, its inputs or the options: one line, no traceback."""

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.signing import generate_keypair  # noqa: E402
 from edgebench.broker import MosquittoBroker  # noqa: E402
 from tests.support.fleet_peer import FleetPeer, wait_until  # noqa: E402
+from wire.signing import generate_keypair  # noqa: E402
 
 RUNTIME_LIBS = ("onnxruntime", "ai_edge_litert", "tflite_runtime", "_pywrap")
 
@@ -62,7 +62,7 @@ def main() -> None:
             from tests.support.models import make_mlp_onnx
 
             ref = peer.add_artifact(make_mlp_onnx(tmp / "tiny.onnx"))
-            from agent.schema import BenchSettings
+            from wire.schema import BenchSettings
 
             job = peer.make_job(
                 [ref], "device:rss", BenchSettings(preset="quick", min_runs=5, min_time_s=0.05)

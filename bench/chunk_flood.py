@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from agent import topics  # noqa: E402
-from agent.delivery import ArtifactCache, ArtifactFetcher, sha256_file  # noqa: E402
-from agent.schema import ArtifactRef, BenchSettings, ChunkRequest, Job, new_id, utc_now  # noqa: E402
+from agent.jobs.chunk_fetch import ArtifactCache, ArtifactFetcher, sha256_file  # noqa: E402
+from wire import topics  # noqa: E402
+from wire.schema import ArtifactRef, BenchSettings, ChunkRequest, Job, new_id, utc_now  # noqa: E402
 
 CHUNK = 256 * 1024
 
@@ -49,10 +49,10 @@ def rss_mb(pid: int) -> float:
 
 # --------------------------------------------------------------------------- the collector side
 def serve(db: str, port: int, stats_path: str) -> int:
-    from collector.chunks import ChunkServer
     from collector.config import BrokerSettings
+    from collector.fleet.chunks import ChunkServer
+    from collector.ingest.parse import parse
     from collector.mqtt_client import make_client
-    from collector.parse import parse
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -159,7 +159,7 @@ def main() -> int:
     if args.serve:
         return serve(args.serve[0], int(args.serve[1]), args.serve[2])
 
-    from collector.store import open_db, record_job, register_artifact
+    from collector.store.sqlite import open_db, record_job, register_artifact
     from edgebench.broker import MosquittoBroker
 
     work = Path(tempfile.mkdtemp(prefix="chunk-flood-"))

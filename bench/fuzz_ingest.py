@@ -1,4 +1,4 @@
-"""Fuzz the collector: a real mosquitto and a real collector (collector.ingest.Ingestor) take N
+"""Fuzz the collector: a real mosquitto and a real collector (collector.ingest.ingestor.Ingestor) take N
 generated hostile payloads (tests/support/hostile.py, the generators of the property tests) mixed
 with valid records on the results, status and events topics. One run.
 
@@ -26,13 +26,13 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from agent import topics  # noqa: E402
-from agent.schema import new_id  # noqa: E402
 from collector.config import BrokerSettings, CollectorConfig  # noqa: E402
-from collector.ingest import Ingestor  # noqa: E402
+from collector.ingest.ingestor import Ingestor  # noqa: E402
 from edgebench.broker import MosquittoBroker  # noqa: E402
 from tests.support import hostile as h  # noqa: E402
 from tests.support.records import make_record  # noqa: E402
+from wire import topics  # noqa: E402
+from wire.schema import new_id  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -121,8 +121,8 @@ def build_tflite(path: Path, kind: str) -> Path:
 
 
 def agent_p50(path: Path, min_time: float) -> float:
-    from agent.bench import BenchOptions, run_benchmark
-    from agent.facts import device_info
+    from agent.measure.bench import BenchOptions, run_benchmark
+    from agent.probes.facts import device_info
 
     options = BenchOptions.preset("default", threads=(1,)).with_protocol(
         min_runs=200, min_time_s=min_time, max_time_s=min_time * 4, keep_samples=False

@@ -36,9 +36,9 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from agent import topics  # noqa: E402
 from edgebench.broker import MosquittoBroker  # noqa: E402
 from tests.support.records import make_record  # noqa: E402
+from wire import topics  # noqa: E402
 
 
 def _props() -> Properties:

@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.signing import generate_keypair  # noqa: E402
 from edgebench.broker import MosquittoBroker  # noqa: E402
 from tests.support.fleet_peer import FleetPeer, wait_until  # noqa: E402
+from wire.signing import generate_keypair  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python bench/report_scale.py [--rows 1000000] [--db /tmp/edgebench-scale.db] [--keep]
 
 How the DB is filled: a few hundred schema-valid ResultRecords (20 devices x 5 variants x 2 thread
-counts, some with raw samples, most with quantiles only) go through collector.store.insert_results; the
+counts, some with raw samples, most with quantiles only) go through collector.store.sqlite.insert_results; the
 rest are copies made in SQL (new result_ids, spread over 90 days). Then the report index is brought up to
 date once (that is amortised at ingest in production) and the report is timed on its own, cold (fresh
 connection) and warm. Prints the figures; no assertions.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector.report_index import refresh_index
-from collector.reports import ReportFilter, latency_report
-from collector.store import connect, insert_results, open_db
+from collector.reports.latency import ReportFilter, latency_report
+from collector.store.report_index import refresh_index
+from collector.store.sqlite import connect, insert_results, open_db
 from tests.support.report_records import VARIANTS, make_record
 
 

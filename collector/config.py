@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from wire.errors import EdgebenchError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -30,7 +32,7 @@ else:  # pragma: no cover
 DEFAULT_CONFIG_PATH = Path("/etc/edgebench/collector.toml")
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgebenchError, ValueError):
     """The configuration file or a setting is invalid."""
 
 

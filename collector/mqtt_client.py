@@ -1,7 +1,7 @@
 """The collector's paho clients: every MQTT setting in one place (v5 or 3.1.1, TLS, auth, sessions).
 
 Used by the ingest workers (:func:`make_ingest_client`: buffered reads through
-:class:`collector.mqttfast.FastClient`) and by ``fleet push`` / the chunk server (:func:`make_client`).
+:class:`collector.ingest.mqttfast.FastClient`) and by ``fleet push`` / the chunk server (:func:`make_client`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collector.config import BrokerSettings
-from collector.mqttfast import FAST_PATH, FastClient
+from collector.ingest.mqttfast import FAST_PATH, FastClient
 
 __all__ = ["connect_kwargs", "make_client", "make_ingest_client"]
 
@@ -29,7 +29,8 @@ def make_client(
 ) -> mqtt.Client:
     """A paho client with every setting in one place (v5 or 3.1.1, TLS, auth).
 
-    ``fast``: a :class:`collector.mqttfast.FastClient` (buffered socket reads), for the ingest hot path.
+    ``fast``: a :class:`collector.ingest.mqttfast.FastClient` (buffered socket reads), for the ingest hot
+    path.
     """
     cls = FastClient if fast and FAST_PATH else mqtt.Client
     if broker.mqtt_version == 5:

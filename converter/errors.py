@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+from wire.errors import EdgebenchError
 
-class ConvertError(Exception):
+
+class ConvertError(EdgebenchError):
     """Bad input or a pass that cannot run; the message says what and, where it helps, which pass/op."""
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from converter.data import Dataset, ort_session
 from converter.errors import ConvertError
-from converter.manifest import Fidelity
+from wire.manifest import Fidelity
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 Step = Callable[[], object]

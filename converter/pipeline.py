@@ -29,7 +29,7 @@ from converter import passes
 from converter.data import Dataset, load_dataset, onnx_input_specs
 from converter.errors import ConvertError
 from converter.evaluate import accuracy_drop, file_sha256, interleaved_latency, measure, reference_outputs
-from converter.manifest import (
+from wire.manifest import (
     Fidelity,
     Manifest,
     ManifestArtifact,

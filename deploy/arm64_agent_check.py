@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.schema import BenchSettings  # noqa: E402
-from collector.enroll import generate_password, set_password  # noqa: E402
+from collector.fleet.enroll import generate_password, set_password  # noqa: E402
 from tests.support.fleet_peer import FleetPeer, wait_until  # noqa: E402
 from tests.test_deploy_mosquitto import Certs, ProductionBroker, make_certs  # noqa: E402
+from wire.schema import BenchSettings  # noqa: E402
 
 COLLECTOR = "edgebench-collector"
 

@@ -333,7 +333,7 @@ say "wrote $CONFIG (device $DEVICE_ID, broker $BROKER_HOST:$BROKER_PORT, tls $([
 fi
 
 # The agent validates its own config (files exist, ids valid, ports in range) before anything is enabled.
-"$VENV/bin/python" -c 'import sys; from agent.config import load_config; load_config(sys.argv[1], env={})' \
+"$VENV/bin/python" -c 'import sys; from agent.service.config import load_config; load_config(sys.argv[1], env={})' \
   "$CONFIG" || die "the config does not load: $CONFIG"
 
 # --- systemd unit ------------------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ PLAIN_PORT=$("$PYTHON" -c "$FREE_PORT")
 BROKER_DIR="$CACHE/broker"
 rm -rf "$CACHE/keys" "$BROKER_DIR"
 mkdir -p "$BROKER_DIR"
-"$PYTHON" -c "import sys; sys.path.insert(0, '$REPO'); from agent.signing import generate_keypair; generate_keypair('$CACHE/keys', 'collector')"
+"$PYTHON" -c "import sys; sys.path.insert(0, '$REPO'); from wire.signing import generate_keypair; generate_keypair('$CACHE/keys', 'collector')"
 "$PYTHON" "$REPO/deploy/arm64_agent_check.py" prepare --workdir "$BROKER_DIR"
 say "edgebench fleet enroll $DEVICE_ID (bundle in the root's /tmp/bundle)"
 "$PYTHON" -m edgebench fleet enroll "$DEVICE_ID" --broker-host 127.0.0.1 --broker-port "$TLS_PORT" \

@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wire.errors import EdgebenchError
 
-class BrokerError(RuntimeError):
+
+class BrokerError(EdgebenchError, RuntimeError):
     """mosquitto is missing, failed to start, or did not stop."""
 
 

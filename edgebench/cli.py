@@ -15,12 +15,12 @@ from agent import __version__
 
 # name -> (module:attribute, extra that provides its dependencies)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("agent.bench_cli:bench", "agent"),
-    "agent": ("agent.service_cli:agent_group", "agent"),
-    "keys": ("agent.service_cli:keys_group", "agent"),
-    "collector": ("collector.cli:collector_group", "collector"),
-    "fleet": ("collector.fleet_cli:fleet_group", "collector"),
-    "report": ("collector.report_cli:report_group", "collector"),
+    "bench": ("agent.measure.cli:bench", "agent"),
+    "agent": ("agent.service.cli:agent_group", "agent"),
+    "keys": ("agent.service.cli:keys_group", "agent"),
+    "collector": ("collector.ingest.cli:collector_group", "collector"),
+    "fleet": ("collector.fleet.cli:fleet_group", "collector"),
+    "report": ("collector.reports.cli:report_group", "collector"),
     "convert": ("converter.cli:convert", "converter"),
     "demo": ("edgebench.demo_cli:demo", "all"),
 }

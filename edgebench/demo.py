@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgebench.broker import BrokerError, start_local_broker, stop_process
+from wire.errors import EdgebenchError
 
 
-class DemoError(RuntimeError):
+class DemoError(EdgebenchError, RuntimeError):
     """The demo could not go on; the message says which step and why."""
 
 
@@ -155,7 +156,7 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
         log(f"[1/6] broker: {broker.name} on {broker.host}:{broker.port} (MQTT {broker.mqtt_version})")
 
         # 2. keys, collector, agents
-        from agent.signing import generate_keypair
+        from wire.signing import generate_keypair
 
         keys = work / "keys"
         key, pub = keys / "collector.key", keys / "collector.pub"
@@ -273,10 +274,10 @@ class _PushSummary:
 
 
 def _push(options, work, db, key, broker, ids, manifest_path, log) -> _PushSummary:
-    from agent.schema import BenchSettings
     from collector.config import BrokerSettings, CollectorConfig
-    from collector.fleet import FleetError, Pusher, collect_artifacts
-    from collector.store import open_db
+    from collector.fleet.operations import FleetError, Pusher, collect_artifacts
+    from collector.store.sqlite import open_db
+    from wire.schema import BenchSettings
 
     config = CollectorConfig(
         db=str(db),
@@ -318,9 +319,9 @@ def _push(options, work, db, key, broker, ids, manifest_path, log) -> _PushSumma
 
 
 def _report(db: Path, work: Path, max_drop: float) -> tuple[str, Path, tuple[str, ...]]:
-    from collector.html_report import render_html
-    from collector.render import render_report
-    from collector.reports import latency_report
+    from collector.reports.html import render_html
+    from collector.reports.latency import latency_report
+    from collector.reports.render import render_report
 
     conn = sqlite3.connect(db)
     try:

@@ -15,18 +15,18 @@ from dataclasses import replace
 
 import pytest
 
-from agent.cache import ArtifactCache
-from agent.delivery import ArtifactFetcher, DeliveryError
-from agent.evictions import EVICTIONS_FILE, read_evictions
-from agent.jobs import JobStore
-from agent.keeper import MessageKeeper
-from agent.outbox import MemoryOutbox, OutboxError, OutboxFull, SqliteOutbox
-from agent.room import RoomMakingOutbox
-from agent.schema import ArtifactChunk, ArtifactRef, ChunkRequest, DeviceInfo, new_id
-from agent.service import AgentService
-from agent.signing import generate_keypair
+from agent.delivery.keeper import MessageKeeper
+from agent.delivery.outbox import MemoryOutbox, OutboxError, OutboxFull, SqliteOutbox
+from agent.delivery.room import RoomMakingOutbox
+from agent.jobs.cache import ArtifactCache
+from agent.jobs.chunk_fetch import ArtifactFetcher, DeliveryError
+from agent.jobs.evictions import EVICTIONS_FILE, read_evictions
+from agent.jobs.store import JobStore
+from agent.service.daemon import AgentService
 from tests.support.fleet_peer import FleetPeer, wait_until
 from tests.test_agent_service import DEVICE, QUICK, make_config
+from wire.schema import ArtifactChunk, ArtifactRef, ChunkRequest, DeviceInfo, new_id
+from wire.signing import generate_keypair
 
 PAYLOAD = b"r" * 8192
 
@@ -107,7 +107,7 @@ def test_failed_fetch_leaves_no_partial_file_on_any_failure_path(small_disk, mon
     assert partials(cache) == []
 
     # a chunk cannot be written: a sparse partial file (no fallocate) on a disk that fills meanwhile
-    monkeypatch.setattr("agent.delivery._reserve", lambda fd, size: os.ftruncate(fd, size))
+    monkeypatch.setattr("agent.jobs.chunk_fetch._reserve", lambda fd, size: os.ftruncate(fd, size))
     source = Source(data)
     fetcher = fetcher_for(cache, source)
     errors: list[BaseException] = []
@@ -287,8 +287,8 @@ def test_push_that_does_not_fit_a_full_cache_evicts_lru_and_runs(
         peer.stop()
     from click.testing import CliRunner
 
-    from agent.service_cli import agent_group
-    from agent.status import agent_status
+    from agent.service.cli import agent_group
+    from agent.service.status import agent_status
 
     info = agent_status(config)
     assert info["evictions"]["count"] >= 1

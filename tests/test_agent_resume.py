@@ -1,6 +1,6 @@
 """A job interrupted by an agent restart resumes with the artifacts it had not measured yet.
 
-Unit level: the job store's recovery and :class:`agent.job_run.JobRun` with a counting runner. End to
+Unit level: the job store's recovery and :class:`agent.jobs.run.JobRun` with a counting runner. End to
 end: a real agent process (``python -m edgebench agent run``) killed -9 in the middle of a three-artifact
 job, against a real mosquitto and a real collector (its SQLite is what counts as stored).
 """
@@ -15,19 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import ArtifactCache
-from agent.delivery import ArtifactFetcher
-from agent.job_run import JobRun
-from agent.jobs import MAX_RESUMES, JobStore
-from agent.schema import ArtifactRef, BenchSettings, DeviceInfo, Job, ResultRecord, new_id, utc_now
-from agent.signing import generate_keypair
+from agent.jobs.cache import ArtifactCache
+from agent.jobs.chunk_fetch import ArtifactFetcher
+from agent.jobs.run import JobRun
+from agent.jobs.store import MAX_RESUMES, JobStore
 from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
-from collector.ingest import Ingestor
+from collector.ingest.ingestor import Ingestor
 from tests.support.fleet_peer import FleetPeer, wait_until
 from tests.support.models import make_mlp_onnx
 from tests.support.records import make_record
 from tests.test_agent_service_process import DEVICE, agent_status, start_agent, write_config
+from wire.schema import ArtifactRef, BenchSettings, DeviceInfo, Job, ResultRecord, new_id, utc_now
+from wire.signing import generate_keypair
 
 
 def make_job(refs: list[ArtifactRef], expires_at: str | None = None) -> Job:

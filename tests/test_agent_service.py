@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
-from agent.schema import BenchSettings, CancelJob, DeviceInfo, new_id, utc_now
-from agent.service import AgentService
-from agent.signing import generate_keypair
+from agent.service.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
+from agent.service.daemon import AgentService
 from tests.support.fleet_peer import FleetPeer, wait_until
+from wire.schema import BenchSettings, CancelJob, DeviceInfo, new_id, utc_now
+from wire.signing import generate_keypair
 
 DEVICE = "pi-test"
 QUICK = BenchSettings(preset="quick", min_runs=5, min_time_s=0.05, max_time_s=1.0)
@@ -109,7 +109,7 @@ def test_untrusted_jobs_are_rejected_and_never_run(fresh_mosquitto, peer, agent_
     elif how == "wrong-target":
         job = replace(job, target="device:someone-else")
     if how == "tampered":
-        from agent.signing import sign_job
+        from wire.signing import sign_job
 
         signed = sign_job(job, keys[0])
         tampered = replace(signed, settings=replace(QUICK, min_runs=7))
@@ -259,7 +259,7 @@ def test_malformed_job_message_reported(fresh_mosquitto, peer, agent_factory):
     agent = agent_factory(fresh_mosquitto)
     assert agent.transport.wait_connected(10)
     job_id = new_id()
-    from agent import topics
+    from wire import topics
 
     peer.client.publish(topics.device_jobs(DEVICE), f'{{"kind":"job","job_id":"{job_id}"}}', qos=1)
     assert wait_until(lambda: peer.event(job_id, "rejected"), 10)
@@ -270,10 +270,10 @@ def test_max_threads_caps_what_a_job_asks(tiny_mlp_onnx):
     """A device's [jobs] max_threads caps a sweep and replaces the runtime default."""
     import threading as _threading
 
-    from agent.artifacts import file_sha256
-    from agent.facts import device_info
-    from agent.schema import ArtifactRef, BenchSettings, Job, new_id, utc_now
-    from agent.service import run_measurement
+    from agent.probes.facts import device_info
+    from agent.service.daemon import run_measurement
+    from wire.artifacts import file_sha256
+    from wire.schema import ArtifactRef, BenchSettings, Job, new_id, utc_now
 
     ref = ArtifactRef(
         name="m.onnx",

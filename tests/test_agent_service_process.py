@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.schema import BenchSettings
-from agent.signing import generate_keypair
 from tests.support.fleet_peer import FleetPeer, wait_until
+from wire.schema import BenchSettings
+from wire.signing import generate_keypair
 
 DEVICE = "pi-proc"
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_bad_config_is_one_clear_line(tmp_path):
 
 
 def test_config_env_and_flags_override_file(tmp_path):
-    from agent.config import ConfigError, load_config
+    from agent.service.config import ConfigError, load_config
 
     path = tmp_path / "agent.toml"
     path.write_text('device_id = "from-file"\ntags = ["a"]\n[broker]\nport = 1000\n')

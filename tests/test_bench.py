@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bench import BenchOptions, run_benchmark
-from agent.facts import device_info
-from agent.schema import BenchSettings, ResultRecord
+from agent.measure.bench import BenchOptions, run_benchmark
+from agent.probes.facts import device_info
+from wire.schema import BenchSettings, ResultRecord
 
 SYSFS = Path(__file__).parent / "fixtures" / "sysfs"
 TINY = dict(

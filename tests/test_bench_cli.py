@@ -8,8 +8,8 @@ import sys
 
 from click.testing import CliRunner
 
-from agent.schema import ResultRecord
 from edgebench.cli import main
+from wire.schema import ResultRecord
 
 FAST = ["--quick", "--runs", "20", "--min-time", "0.05", "--max-time", "1"]
 

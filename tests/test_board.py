@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.board import BoardProbe, BoardSampler, board_state, parse_pmic, parse_throttled, wait_for_cooldown
-from agent.energy import EnergyMeter
-from agent.facts import device_info
+from agent.probes.board import (
+    BoardProbe,
+    BoardSampler,
+    board_state,
+    parse_pmic,
+    parse_throttled,
+    wait_for_cooldown,
+)
+from agent.probes.energy import EnergyMeter
+from agent.probes.facts import device_info
 
 SYSFS = Path(__file__).parent / "fixtures" / "sysfs"
 

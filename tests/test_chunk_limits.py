@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import topics
-from agent.schema import ArtifactChunk, ChunkRequest
-from collector.chunk_policy import ChunkLimits, JobIndex
-from collector.chunks import ChunkServer, ChunkServerError
-from collector.store import open_db
+from collector.fleet.chunk_policy import ChunkLimits, JobIndex
+from collector.fleet.chunks import ChunkServer, ChunkServerError
+from collector.store.sqlite import open_db
+from wire import topics
+from wire.schema import ArtifactChunk, ChunkRequest
 
 KiB = 1024
 

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.cli import collector_group
-from collector.fleet_cli import fleet_group
-from collector.report_cli import report_group
-from collector.store import insert_results, open_db
+from collector.fleet.cli import fleet_group
+from collector.ingest.cli import collector_group
+from collector.reports.cli import report_group
+from collector.store.sqlite import insert_results, open_db
 from tests.support.records import make_record
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converter.manifest import load_manifest
 from converter.models import digits_paths
+from wire.manifest import load_manifest
 
 ALL_PASSES = {
     "optimize",

@@ -14,8 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from converter.manifest import load_manifest
 from converter.passes.tflite import ONNX2TF_ENV
+from wire.manifest import load_manifest
 
 VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_int8_dynamic", "tflite_int8")
 needs_onnx2tf = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""The collector watches its database (collector/dbwatch.py): a real mosquitto, real SQLite files, and
+"""The collector watches its database (collector/store/watch.py): a real mosquitto, real SQLite files, and
 the file deleted, replaced, made read-only (while running and before the start), or the disk full.
 
 Each scenario publishes N results before and N after the fault, repairs the fault where it has a
@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent import topics
-from agent.schema import new_id
-from collector.cli import collector_group
 from collector.config import BrokerSettings, CollectorConfig
-from collector.dbwatch import state_dir
-from collector.health import collector_health, format_health
-from collector.ingest import Ingestor
-from collector.store import insert_results, open_db
+from collector.ingest.cli import collector_group
+from collector.ingest.health import collector_health, format_health
+from collector.ingest.ingestor import Ingestor
+from collector.store.sqlite import insert_results, open_db
+from collector.store.watch import state_dir
 from tests.support.mqtt_peer import Peer, db_count, publisher, wait_for
 from tests.support.records import make_record
+from wire import topics
+from wire.schema import new_id
 
 N = 60
 ROOT = Path(__file__).resolve().parents[1]

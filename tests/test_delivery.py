@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.delivery import ArtifactCache, ArtifactFetcher, DeliveryError
-from agent.schema import ArtifactChunk, ArtifactRef, ChunkRequest
+from agent.jobs.chunk_fetch import ArtifactCache, ArtifactFetcher, DeliveryError
+from wire.schema import ArtifactChunk, ArtifactRef, ChunkRequest
 
 
 def ref_for(data: bytes, name: str = "m.onnx", sha: str | None = None) -> ArtifactRef:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.service.config import load_config
 from tests.test_deploy_install import copy_repo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def play(inventory: Path, extra: Path, *more: str) -> subprocess.CompletedProces
 
 
 def test_playbook_installs_and_removes_the_agent(tmp_path):
-    from agent.signing import generate_keypair
+    from wire.signing import generate_keypair
 
     src = copy_repo(tmp_path / "src")
     _, pub = generate_keypair(tmp_path / "keys", "collector")

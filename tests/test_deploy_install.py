@@ -1,5 +1,6 @@
 """deploy/install-agent.sh into a tmp prefix (a real venv, a real pip install of this repository), the
-agent.toml it writes loaded by agent/config.py, and the systemd units checked by `systemd-analyze verify`."""
+agent.toml it writes loaded by agent/service/config.py, and the systemd units checked by `systemd-analyze
+verify`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.service.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "install-agent.sh"
@@ -81,7 +82,7 @@ def installed(tmp_path_factory) -> Install:
     """One install for the module (~20 s: --system-site-packages avoids downloading the runtimes)."""
     root = tmp_path_factory.mktemp("install")
     src = copy_repo(root / "src")
-    from agent.signing import generate_keypair
+    from wire.signing import generate_keypair
 
     _, pub = generate_keypair(root / "keys", "collector")
     ca = root / "ca.crt"
@@ -119,7 +120,7 @@ def test_written_config_loads_in_the_agent(installed):
     assert b.resolved_password() == 'pa"ss\\word'
     assert Path(b.ca_file) == installed.etc / "ca.crt" and Path(b.ca_file).is_file()
     assert config.jobs.trusted_keys == (str(installed.etc / "keys" / "collector.pub"),)
-    from agent.signing import load_trusted_keys
+    from wire.signing import load_trusted_keys
 
     assert len(load_trusted_keys(config.jobs.trusted_keys)) == 1
 

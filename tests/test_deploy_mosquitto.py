@@ -26,10 +26,10 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import topics
-from collector.enroll import EnrollError, enroll_device, set_password
-from collector.enroll_cli import enroll
+from collector.fleet.enroll import EnrollError, enroll_device, set_password
+from collector.fleet.enroll_cli import enroll
 from edgebench.broker import MosquittoBroker, free_port, mosquitto_path
+from wire import topics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 CONF = DEPLOY / "mosquitto" / "edgebench.conf"
@@ -485,7 +485,7 @@ def test_queued_messages_survive_kill_9(tmp_path, certs, clients):
 
 
 # --- identity: client id bound to the credentials (issue 13) ---------------------------------------------
-AGENT_ID = "edgebench-agent-{}"  # what agents send (agent/config.py); the fleet listener replaces it
+AGENT_ID = "edgebench-agent-{}"  # what agents send (agent/service/config.py); the fleet listener replaces it
 
 
 def test_session_takeover_with_another_devices_client_id_is_impossible(broker, certs, clients):

@@ -12,19 +12,19 @@ from dataclasses import replace
 
 import pytest
 
-from agent import topics
-from agent.jobs import JobStore
-from agent.outbox import OutboxFull, SqliteOutbox
-from agent.schema import DeviceInfo, new_id
-from agent.service import AgentService, run_measurement
-from agent.signing import generate_keypair
+from agent.delivery.outbox import OutboxFull, SqliteOutbox
+from agent.jobs.store import JobStore
+from agent.service.daemon import AgentService, run_measurement
 from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
-from collector.ingest import Ingestor
+from collector.ingest.ingestor import Ingestor
 from tests.support.fleet_peer import FleetPeer, wait_until
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record
 from tests.test_agent_service import DEVICE, QUICK, make_config
+from wire import topics
+from wire.schema import DeviceInfo, new_id
+from wire.signing import generate_keypair
 
 PAYLOAD = b"r" * 8192  # bigger than any slack SQLite may keep in its WAL
 
@@ -191,8 +191,8 @@ def test_artifact_that_does_not_fit_fails_its_job_with_the_reason(agent_and_peer
 def test_agent_status_answers_on_a_full_disk_and_says_so(agent_and_peer, small_disk, tmp_path):
     from click.testing import CliRunner
 
-    from agent.service_cli import agent_group
-    from agent.status import agent_status
+    from agent.service.cli import agent_group
+    from agent.service.status import agent_status
 
     agent, _, _ = agent_and_peer
     agent.transport.stop()  # broker link gone: the row below stays pending

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.artifacts import file_sha256
-from agent.schema import BenchSettings, JobEvent
-from collector.fleet import (
+from collector.fleet.cli import fleet_group
+from collector.fleet.operations import (
     DeviceProgress,
     FleetError,
     apply_event,
@@ -24,9 +23,10 @@ from collector.fleet import (
     resolve_target,
     sign,
 )
-from collector.fleet_cli import fleet_group
-from collector.store import insert_results, open_db, record_job, upsert_device
-from converter.manifest import (
+from collector.store.sqlite import insert_results, open_db, record_job, upsert_device
+from tests.support.records import make_record, make_status
+from wire.artifacts import file_sha256
+from wire.manifest import (
     Fidelity,
     Manifest,
     ManifestArtifact,
@@ -34,7 +34,7 @@ from converter.manifest import (
     ValidationInfo,
     write_manifest,
 )
-from tests.support.records import make_record, make_status
+from wire.schema import BenchSettings, JobEvent
 
 
 def make_manifest(directory: Path, models: list[Path]) -> Path:
@@ -127,7 +127,7 @@ def test_targets(db_path):
 
 
 def test_job_signing_and_progress(tmp_path, tiny_mlp_onnx):
-    from agent.signing import generate_keypair, load_trusted_keys, verify
+    from wire.signing import generate_keypair, load_trusted_keys, verify
 
     items = collect_artifacts([tiny_mlp_onnx])
     job = build_job(items, "tag:lab", BenchSettings(preset="quick", threads=(1, 2)))
@@ -164,7 +164,7 @@ def test_listings_and_cli_bad_input(db_path, tmp_path, tiny_mlp_onnx):
     assert out.output.splitlines()[1].split()[-2] == "7"  # pi-a: PENDING, before JOB
     job = build_job(collect_artifacts([tiny_mlp_onnx]), "all", BenchSettings())
     record_job(db, job)
-    from collector.store import insert_job_events
+    from collector.store.sqlite import insert_job_events
 
     insert_job_events(
         db, [JobEvent(job.job_id, "pi-a", "running", "t1"), JobEvent(job.job_id, "pi-a", "done", "t2")]
@@ -192,7 +192,7 @@ def test_listings_and_cli_bad_input(db_path, tmp_path, tiny_mlp_onnx):
 
 
 def test_push_to_an_offline_device_times_out_clearly(mosquitto, db_path, tmp_path, tiny_mlp_onnx):
-    from agent.signing import generate_keypair
+    from wire.signing import generate_keypair
 
     key, _ = generate_keypair(tmp_path / "keys", "collector")
     db = open_db(db_path)

@@ -7,14 +7,14 @@ import shutil
 
 import pytest
 
-from agent import topics
-from agent.artifacts import file_sha256
-from agent.schema import ArtifactChunk, ArtifactRef, BenchSettings, ChunkRequest, Job, new_id, utc_now
-from collector.chunks import ChunkServer
 from collector.config import BrokerSettings
+from collector.fleet.chunks import ChunkServer
 from collector.mqtt_client import make_client
-from collector.store import open_db, record_job, register_artifact
+from collector.store.sqlite import open_db, record_job, register_artifact
 from tests.support.mqtt_peer import Peer, wait_for
+from wire import topics
+from wire.artifacts import file_sha256
+from wire.schema import ArtifactChunk, ArtifactRef, BenchSettings, ChunkRequest, Job, new_id, utc_now
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from agent.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
-from agent.service import AgentService
-from agent.signing import generate_keypair
+from agent.service.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
+from agent.service.daemon import AgentService
 from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
-from collector.fleet_cli import fleet_group
-from collector.workers import run_ingestor
+from collector.fleet.cli import fleet_group
+from collector.ingest.workers import run_ingestor
 from tests.support.mqtt_peer import db_count, wait_for
+from wire.signing import generate_keypair
 
 DEVICES = ("pi-one", "pi-two")
 
@@ -88,7 +88,7 @@ def test_push_two_variants_to_two_agents(fleet, tiny_mlp_onnx, tiny_mlp_tflite):
     assert db_count(db_path, "SELECT COUNT(*) FROM artifacts WHERE path IS NOT NULL") == 2
     # Engineer F's report reads the same database: both devices x both variants.
     try:
-        from collector.report_cli import report_group
+        from collector.reports.cli import report_group
     except ImportError:  # pragma: no cover
         return
     report = runner.invoke(report_group, ["latency", "--db", str(db_path), "--format", "csv"])

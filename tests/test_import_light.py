@@ -10,7 +10,7 @@ HEAVY = ["onnx", "torch", "tensorflow", "sqlite_utils", "onnxruntime.quantizatio
 
 PROBE = """
 import json, sys
-import agent, agent.schema, agent.topics, agent.codec
+import agent, wire.schema, wire.topics, wire.codec
 import importlib
 for extra in {extra!r}:
     try:
@@ -31,7 +31,9 @@ def loaded_modules(extra: list[str]) -> set[str]:
 
 
 def test_import_agent_pulls_nothing_heavy():
-    modules = loaded_modules(["agent.cli", "agent.runtimes", "agent.bench", "agent.service"])
+    modules = loaded_modules(
+        ["agent.cli", "agent.measure.runtimes", "agent.measure.bench", "agent.service.daemon"]
+    )
     for heavy in HEAVY:
         assert heavy not in modules, f"importing the agent loaded {heavy}"
         assert not any(m.startswith(heavy + ".") for m in modules), f"importing the agent loaded {heavy}.*"

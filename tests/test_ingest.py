@@ -10,15 +10,15 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from agent import topics
-from agent.schema import JobEvent, new_id
-from collector.cli import collector_group
 from collector.config import BrokerSettings, CollectorConfig
-from collector.health import collector_health
-from collector.ingest import Ingestor
-from collector.parse import parse
+from collector.ingest.cli import collector_group
+from collector.ingest.health import collector_health
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.parse import parse
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record, make_status
+from wire import topics
+from wire.schema import JobEvent, new_id
 
 
 def _config(broker, db_path, **kw) -> CollectorConfig:

@@ -1,4 +1,4 @@
-"""collector.fastcodec accepts exactly what agent.codec accepts, with the same result or the same error."""
+"""collector.ingest.fastcodec accepts exactly what wire.codec accepts: the same result or the same error."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.schema import DeviceStatus, JobEvent, ResultRecord, SchemaError
-from collector.fastcodec import decode_json
+from collector.ingest.fastcodec import decode_json
 from tests.support.records import make_record
 from tests.test_schema import _records_unchecked, strategy_for
+from wire.schema import DeviceStatus, JobEvent, ResultRecord, SchemaError
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from collector.cli import collector_group
 from collector.config import ConfigError, load_config
+from collector.ingest.cli import collector_group
 
 
 def test_file_env_and_overrides(tmp_path):

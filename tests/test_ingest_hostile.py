@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from agent import topics
-from agent.schema import new_id
 from collector.config import BrokerSettings, CollectorConfig
-from collector.ingest import Ingestor
-from collector.parse import parse
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.parse import parse
 from tests.support import hostile as h
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record
+from wire import topics
+from wire.schema import new_id
 
 
 def _subscribed(topic: str) -> bool:
@@ -92,7 +92,7 @@ def test_hostile_stream_then_a_valid_record(ingestor, fresh_mosquitto, db_path):
 def test_a_poison_message_is_dead_lettered_and_the_rest_of_its_batch_stored(mosquitto, db_path, monkeypatch):
     """A message that makes the write raise something nobody foresaw (here: result_row, patched to fail
     for one result id) is quarantined as an internal-error dead letter; the service goes on."""
-    import collector.ingest as ingest
+    import collector.ingest.ingestor as ingest
 
     poison, good = make_record(h.DEVICE), [make_record(h.DEVICE) for _ in range(5)]
     real = ingest.result_row

@@ -6,13 +6,13 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from agent import topics
-from agent.schema import new_id
 from collector.config import BrokerSettings, CollectorConfig
-from collector.ingest import Ingestor
-from collector.report_index import refresh_index
+from collector.ingest.ingestor import Ingestor
+from collector.store.report_index import refresh_index
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record
+from wire import topics
+from wire.schema import new_id
 
 
 def _meta(db_path, key: str) -> int:

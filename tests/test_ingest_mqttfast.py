@@ -1,4 +1,4 @@
-"""collector.mqttfast against real sockets and a real mosquitto: buffered reads, the raw QoS 1 hook
+"""collector.ingest.mqttfast against real sockets and a real mosquitto: buffered reads, the raw QoS 1 hook
 (and paho's path for everything else), batched PUBACKs that really acknowledge."""
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.schema import new_id
-from collector.mqttfast import FAST_PATH, INTERNALS, PLAIN_PAHO_ENV, BufferedSocket, FastClient, ack_batch
+from collector.ingest.mqttfast import (
+    FAST_PATH,
+    INTERNALS,
+    PLAIN_PAHO_ENV,
+    BufferedSocket,
+    FastClient,
+    ack_batch,
+)
 from tests.support.mqtt_peer import Peer, wait_for
+from wire.schema import new_id
 
 
 def test_buffered_socket_serves_small_reads_from_one_recv():
@@ -53,7 +60,7 @@ def _client(port: int, cid: str) -> FastClient:
 
 
 def test_paho_internals_the_fast_path_relies_on():
-    """The contract with paho-mqtt (pinned to >=2.2,<2.3): exactly what collector/mqttfast.py uses."""
+    """The contract with paho-mqtt (pinned to >=2.2,<2.3): exactly what collector/ingest/mqttfast.py uses."""
     for name in INTERNALS:
         assert callable(getattr(mqtt.Client, name)), name
     params = list(inspect.signature(mqtt.Client._packet_queue).parameters)

@@ -19,20 +19,20 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent import topics
-from agent.artifacts import file_sha256
-from agent.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
-from agent.replay import CLOCK_SKEW, IDENTITY_FILE, LEGACY_MAX_AGE, SEEN_FILE, ReplayGuard
-from agent.schema import ArtifactRef, BenchSettings, CancelJob, ChunkRequest, DeviceInfo, Job, new_id
-from agent.service import AgentService
-from agent.signing import generate_keypair
-from agent.timestamps import parse_wire, to_wire
-from collector.chunks import ChunkServer
-from collector.fleet import FleetError, RegisteredArtifact, addressed_by, build_job, parse_duration
-from collector.fleet_cli import fleet_group
-from collector.store import open_db, upsert_device
+from agent.jobs.replay import CLOCK_SKEW, IDENTITY_FILE, LEGACY_MAX_AGE, SEEN_FILE, ReplayGuard
+from agent.service.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
+from agent.service.daemon import AgentService
+from collector.fleet.chunks import ChunkServer
+from collector.fleet.cli import fleet_group
+from collector.fleet.operations import FleetError, RegisteredArtifact, addressed_by, build_job, parse_duration
+from collector.store.sqlite import open_db, upsert_device
 from tests.support.fleet_peer import FleetPeer, RawSubscriber, wait_until
 from tests.support.records import make_status
+from wire import topics
+from wire.artifacts import file_sha256
+from wire.schema import ArtifactRef, BenchSettings, CancelJob, ChunkRequest, DeviceInfo, Job, new_id
+from wire.signing import generate_keypair
+from wire.timestamps import parse_wire, to_wire
 
 DEVICE = "pi-replay"
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import threading
 
-from agent.keeper import MessageKeeper
-from agent.outbox import MemoryOutbox, OutboxFull
+from agent.delivery.keeper import MessageKeeper
+from agent.delivery.outbox import MemoryOutbox, OutboxFull
 
 
 class Disk:

@@ -1,4 +1,4 @@
-"""converter.manifest: round trip, validation errors, stdlib-only import."""
+"""wire.manifest: round trip, validation errors, stdlib-only import."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from converter.manifest import (
+from wire.manifest import (
     Fidelity,
     Manifest,
     ManifestArtifact,
@@ -128,7 +128,7 @@ def test_unknown_keys_are_ignored(tmp_path):
 
 def test_manifest_module_is_stdlib_only():
     probe = (
-        "import sys, converter.manifest; "
+        "import sys, wire.manifest; "
         "print(sorted(m for m in ('numpy','onnx','torch','click') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from agent.outbox import MemoryOutbox, OutboxError, SqliteOutbox
+from agent.delivery.outbox import MemoryOutbox, OutboxError, SqliteOutbox
 
 IMPLEMENTATIONS = ["memory", "sqlite"]
 
@@ -119,7 +119,7 @@ def test_sqlite_rows_survive_kill_9(tmp_path):
     path = tmp_path / "outbox.db"
     code = (
         "import os, signal, sys\n"
-        "from agent.outbox import SqliteOutbox\n"
+        "from agent.delivery.outbox import SqliteOutbox\n"
         f"box = SqliteOutbox({str(path)!r})\n"
         "for i in range(50): box.put('t', str(i).encode())\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

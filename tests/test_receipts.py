@@ -10,18 +10,18 @@ from dataclasses import replace
 
 import pytest
 
-from agent import topics
-from agent.config import BrokerSettings as AgentBroker
-from agent.outbox import MemoryOutbox, SqliteOutbox
-from agent.receipts import event_key, key_for_payload, result_key
-from agent.schema import JobEvent, Receipt, new_id, utc_now
-from agent.transport import MqttTransport
+from agent.delivery.outbox import MemoryOutbox, SqliteOutbox
+from agent.delivery.transport import MqttTransport
+from agent.service.config import BrokerSettings as AgentBroker
 from collector.config import BrokerSettings, CollectorConfig
-from collector.ingest import Ingestor
-from collector.parse import parse
-from collector.receipts import MAX_KEYS_PER_RECEIPT, build_receipts
+from collector.ingest.ingestor import Ingestor
+from collector.ingest.parse import parse
+from collector.ingest.receipts import MAX_KEYS_PER_RECEIPT, build_receipts
 from tests.support.mqtt_peer import db_count, wait_for
 from tests.support.records import make_record
+from wire import topics
+from wire.receipts import event_key, key_for_payload, result_key
+from wire.schema import JobEvent, Receipt, new_id, utc_now
 
 DEVICE = "dev-r1"
 
@@ -203,7 +203,7 @@ def test_outbox_confirm_and_reject_by_key(tmp_path, kind):
 
 
 def test_status_says_not_subscribed_while_the_broker_is_away(fresh_mosquitto, db_path):
-    from collector.health import collector_health, format_health
+    from collector.ingest.health import collector_health, format_health
 
     collector = _collector(fresh_mosquitto, db_path)
     try:
@@ -221,7 +221,7 @@ def test_status_says_not_subscribed_while_the_broker_is_away(fresh_mosquitto, db
 
 
 def test_resend_schedule_doubles_up_to_the_maximum_and_skips_rows_in_flight():
-    from agent.resend import ResendSchedule
+    from agent.delivery.resend import ResendSchedule
 
     now = [100.0]
     schedule = ResendSchedule(2.0, 10.0, clock=lambda: now[0])

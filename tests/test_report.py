@@ -8,12 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agent.schema import ArtifactInfo, LatencyStats
-from collector.report_index import ReportError, refresh_index
-from collector.report_stats import encode_hist, merge_by_group, pooled_stats, quantile
-from collector.reports import ReportFilter, latency_report, parse_since
-from collector.store import insert_results, open_db, register_artifact
+from collector.reports.latency import ReportFilter, latency_report, parse_since
+from collector.reports.stats import encode_hist, merge_by_group, pooled_stats, quantile
+from collector.store.report_index import ReportError, refresh_index
+from collector.store.sqlite import insert_results, open_db, register_artifact
 from tests.support.report_records import make_record, sha
+from wire.schema import ArtifactInfo, LatencyStats
 
 
 def _fleet(db, devices=(("pi-a", 10.0, ("lab",)), ("pi-b", 25.0, ("field",))), runs=2, **kw):

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from collector.store import insert_results, open_db
+from collector.store.sqlite import insert_results, open_db
 from edgebench.cli import main
 from tests.support.report_records import make_record
 

@@ -7,10 +7,10 @@ import uuid
 import numpy as np
 import pytest
 
-from collector.compare import compare_runs
-from collector.report_index import ReportError
-from collector.report_stats import bootstrap_median_diff
-from collector.store import insert_results, open_db
+from collector.reports.compare import compare_runs
+from collector.reports.stats import bootstrap_median_diff
+from collector.store.report_index import ReportError
+from collector.store.sqlite import insert_results, open_db
 from tests.support.report_records import make_record
 
 JOB_A = str(uuid.UUID(int=1))

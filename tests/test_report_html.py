@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from collector.compare import compare_runs
-from collector.render import render_comparison, render_report
-from collector.reports import latency_report
-from collector.store import insert_results, open_db
+from collector.reports.compare import compare_runs
+from collector.reports.latency import latency_report
+from collector.reports.render import render_comparison, render_report
+from collector.store.sqlite import insert_results, open_db
 from tests.support.report_records import make_record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

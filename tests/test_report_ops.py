@@ -11,13 +11,13 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from agent.schema import OpProfile
-from collector.op_report import ops_report
-from collector.report_index import ReportError
-from collector.reports import ReportFilter
-from collector.store import insert_results, open_db
+from collector.reports.latency import ReportFilter
+from collector.reports.ops import ops_report
+from collector.store.report_index import ReportError
+from collector.store.sqlite import insert_results, open_db
 from edgebench.cli import main
 from tests.support.records import make_record
+from wire.schema import OpProfile
 
 
 def _ort(share_conv: float, at: str):
@@ -111,8 +111,8 @@ def test_empty_database_says_what_to_do(db_path):
 
 
 def test_real_profiles_from_the_agent_end_up_in_the_report(db_path, tiny_mlp_onnx, tiny_mlp_tflite):
-    from agent.bench import BenchOptions, run_benchmark
-    from agent.facts import device_info
+    from agent.measure.bench import BenchOptions, run_benchmark
+    from agent.probes.facts import device_info
 
     options = replace(BenchOptions.preset("quick"), profile_ops=True)
     device = device_info("pi-real")
@@ -130,8 +130,8 @@ def test_real_profiles_from_the_agent_end_up_in_the_report(db_path, tiny_mlp_onn
 
 
 def test_the_latency_html_report_has_the_section_when_profiles_exist(db):
-    from collector.render import render_report
-    from collector.reports import latency_report
+    from collector.reports.latency import latency_report
+    from collector.reports.render import render_report
 
     html = render_report(latency_report(db, ReportFilter()), "html", db)
     assert "Where the time goes (per-operator profiles)" in html and "Conv 70%, Gemm 30%" in html
@@ -140,7 +140,7 @@ def test_the_latency_html_report_has_the_section_when_profiles_exist(db):
 def test_migration_4_marks_the_profiled_results_of_an_older_database(db_path):
     import sqlite3
 
-    from collector.migrations import MIGRATIONS, RESULT_COLUMNS_V1, apply_migrations
+    from collector.store.migrations import MIGRATIONS, RESULT_COLUMNS_V1, apply_migrations
 
     conn = sqlite3.connect(db_path)
     apply_migrations(conn, MIGRATIONS[:3])  # a database from before migration 4

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import schema, topics
-from agent.schema import (
+from agent.measure.stats import summarize
+from wire import schema, topics
+from wire.schema import (
     ArtifactChunk,
     ArtifactInfo,
     ArtifactRef,
@@ -29,7 +30,6 @@ from agent.schema import (
     SchemaError,
     parse_message,
 )
-from agent.stats import summarize
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64, min_value=-1e12, max_value=1e12)
 text = st.text(max_size=20)

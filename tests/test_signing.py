@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from agent.schema import ArtifactRef, BenchSettings, CancelJob, Job, new_id, utc_now
-from agent.signing import (
+from wire.schema import ArtifactRef, BenchSettings, CancelJob, Job, new_id, utc_now
+from wire.signing import (
     SignatureError,
     generate_keypair,
     key_id,

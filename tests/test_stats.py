@@ -6,9 +6,8 @@ import threading
 
 import pytest
 
-from agent.protocol import timed, warmup
-from agent.schema import ProtocolSettings
-from agent.stats import (
+from agent.measure.protocol import timed, warmup
+from agent.measure.stats import (
     claimable,
     count_outliers,
     drift_pct,
@@ -20,6 +19,7 @@ from agent.stats import (
     verdict,
     windows_agree,
 )
+from wire.schema import ProtocolSettings
 
 MS = 1_000_000
 

@@ -1,4 +1,4 @@
-"""collector.store / collector.migrations on real SQLite files."""
+"""collector.store.sqlite / collector.store.migrations on real SQLite files."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import threading
 
 import pytest
 
-from agent.schema import ArtifactRef, JobEvent, new_id
-from collector.migrations import MIGRATIONS, RESULT_COLUMN_NAMES, Migration, MigrationError, apply_migrations
-from collector.store import (
+from collector.store.migrations import (
+    MIGRATIONS,
+    RESULT_COLUMN_NAMES,
+    Migration,
+    MigrationError,
+    apply_migrations,
+)
+from collector.store.sqlite import (
     count,
     insert_job_events,
     insert_results,
@@ -20,6 +25,7 @@ from collector.store import (
     upsert_device,
 )
 from tests.support.records import SHA, make_record, make_status
+from wire.schema import ArtifactRef, JobEvent, new_id
 
 CONTRACT_RESULT_COLUMNS = (
     "result_id",

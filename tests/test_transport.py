@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from agent.config import BrokerSettings
-from agent.outbox import MemoryOutbox, OutboxError, SqliteOutbox
-from agent.transport import MqttTransport, PayloadTooLarge, PublishError
+from agent.delivery.outbox import MemoryOutbox, OutboxError, SqliteOutbox
+from agent.delivery.transport import MqttTransport, PayloadTooLarge, PublishError
+from agent.service.config import BrokerSettings
 from edgebench.broker import MosquittoBroker, free_port
 from tests.support.fleet_peer import RawSubscriber, wait_until
 

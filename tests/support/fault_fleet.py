@@ -140,7 +140,7 @@ class Fleet:
     agent_log_level: str = "info"
 
     def __post_init__(self) -> None:
-        from agent.signing import generate_keypair
+        from wire.signing import generate_keypair
 
         self.work.mkdir(parents=True, exist_ok=True)
         self.db = self.work / "collector.db"
@@ -269,7 +269,7 @@ class Fleet:
         return entry.get("state") if entry else None
 
     def outbox_pending(self, device: str) -> int:
-        from agent.outbox import OutboxError, read_stats
+        from agent.delivery.outbox import OutboxError, read_stats
 
         path = self.data_dir(device) / "outbox.db"
         if not path.exists():

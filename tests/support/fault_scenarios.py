@@ -101,9 +101,9 @@ def broker_outage(work: Path, scale: Scale, outage_s: float, *, kill: bool = Tru
 def collector_kill(work: Path, scale: Scale) -> Outcome:
     """kill -9 of `collector serve` (default: 2 workers) while two publishers stream results, some of
     them twice; restarted with the same sessions."""
-    from agent import topics
     from tests.support.mqtt_peer import publisher
     from tests.support.records import make_record
+    from wire import topics
 
     # Snapshot persistence once a second (see tests/test_ingest_kill.py: autosave on every change makes
     # mosquitto 2.0.11 rewrite its database per message queued for an offline session).
@@ -238,10 +238,10 @@ def database_faults(work: Path, scale: Scale) -> Outcome:
     """`collector serve` (default, 2 workers) while results stream in: its database file deleted, then
     replaced by an older copy holding one result of its own, then made read-only (nothing stored,
     `collector status` says NOT WRITING) and writable again."""
-    from agent import topics
-    from collector.store import insert_results, open_db
+    from collector.store.sqlite import insert_results, open_db
     from tests.support.mqtt_peer import publisher
     from tests.support.records import make_record
+    from wire import topics
 
     with Fleet(work, devices=()) as fleet:
         fleet.start_broker()

@@ -20,9 +20,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import topics
-from agent.receipts import event_key, result_key
-from agent.schema import (
+from wire import topics
+from wire.receipts import event_key, result_key
+from wire.schema import (
     ArtifactChunk,
     ArtifactRef,
     BenchSettings,
@@ -36,7 +36,7 @@ from agent.schema import (
     new_id,
     utc_now,
 )
-from agent.signing import sign_job
+from wire.signing import sign_job
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0, step_s: float = 0.02) -> bool:

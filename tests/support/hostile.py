@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.schema import JobEvent, new_id
 from tests.support.records import make_record, make_status
+from wire.schema import JobEvent, new_id
 
 DEVICE = "dev-h"
 LEAVES = ("results", "status", "events", "chunks/request", "weather")

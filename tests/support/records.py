@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from agent.schema import (
+from wire.schema import (
     ArtifactInfo,
     BoardState,
     ColdStart,

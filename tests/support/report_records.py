@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 
-from agent.schema import (
+from wire.schema import (
     AccuracyInfo,
     ArtifactInfo,
     BoardSample,

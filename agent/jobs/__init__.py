@@ -1,0 +1,1 @@
+"""Signed jobs on the device: the job store, replay protection, chunked model fetch, the artifact cache."""

@@ -1,0 +1,1 @@
+"""Measuring one model on this device: the bench protocol, its statistics, runtimes, the worker process."""

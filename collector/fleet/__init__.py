@@ -1,0 +1,1 @@
+"""Fleet operations: artifacts, signed job pushes, the chunk server, device enrollment."""

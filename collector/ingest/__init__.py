@@ -1,0 +1,1 @@
+"""MQTT in, SQLite out: parse (dead letters), the ingest loop, receipts, workers, health."""

@@ -1,0 +1,178 @@
+"""`edgebench collector serve|status` (thin wrappers over collector.ingest.ingestor and
+collector.ingest.health)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from collector.config import ConfigError, load_config
+
+
+def broker_options(func: Any) -> Any:
+    """Broker flags shared by `collector serve` and `fleet push`."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="collector.toml"),
+        click.option("--broker", "broker_host", help="Broker host[:port] (default: config, localhost:1883)."),
+        click.option("--port", "broker_port", type=int, help="Broker port."),
+        click.option("--mqtt-version", type=click.Choice(["5", "3"]), help="5, or 3 for MQTT 3.1.1."),
+        click.option("--tls/--no-tls", default=None, help="Use TLS."),
+        click.option("--ca-file", type=click.Path(dir_okay=False)),
+        click.option("--cert-file", type=click.Path(dir_okay=False)),
+        click.option("--key-file", type=click.Path(dir_okay=False)),
+        click.option("--username"),
+        click.option("--password-file", type=click.Path(dir_okay=False)),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def config_from_options(db: str | None = None, client_id: str | None = None, **kw: Any):
+    host, port = kw.get("broker_host"), kw.get("broker_port")
+    if host and ":" in host:
+        host, _, port_text = host.rpartition(":")
+        try:
+            port = port or int(port_text)
+        except ValueError:
+            raise click.BadParameter(
+                f"invalid port in {kw['broker_host']!r}", param_hint="--broker"
+            ) from None
+    try:
+        return load_config(
+            kw.get("config_path"),
+            overrides={"db": db, "client_id": client_id, "signing_key": kw.get("signing_key")},
+            broker_overrides={
+                "host": host,
+                "port": port,
+                "mqtt_version": int(kw["mqtt_version"]) if kw.get("mqtt_version") else None,
+                "tls": kw.get("tls"),
+                "ca_file": kw.get("ca_file"),
+                "cert_file": kw.get("cert_file"),
+                "key_file": kw.get("key_file"),
+                "username": kw.get("username"),
+                "password_file": kw.get("password_file"),
+            },
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group("collector")
+def collector_group() -> None:
+    """Run the collector (MQTT -> SQLite) and check on it."""
+
+
+@collector_group.command("serve")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    help="SQLite database. Created on the first run; once a collector has used it (DB.collector/ "
+    "beside it), a missing file is an error unless --create-db.",
+)
+@click.option(
+    "--create-db",
+    is_flag=True,
+    help="Start an empty database even though a collector has used one at --db that is now missing.",
+)
+@click.option("--client-id", help="MQTT client id = the persistent session's name.")
+@broker_options
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes sharing the results stream (MQTT 5 shared subscription). "
+    "Default: 2 with MQTT 5 on 2+ cores, else 1.",
+)
+@click.option("--no-chunks", is_flag=True, help="Do not serve model chunks to devices.")
+@click.option(
+    "--batch-max",
+    type=click.IntRange(1, 100000),
+    default=None,
+    help="Rows per transaction at most (default 1000).",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def serve(
+    db: str | None,
+    create_db: bool,
+    client_id: str | None,
+    workers: int,
+    no_chunks: bool,
+    batch_max: int | None,
+    verbose: bool,
+    **kw: Any,
+) -> None:
+    """Subscribe to every device and store results, status and job events (until SIGTERM/Ctrl-C).
+
+    Messages are acknowledged only after their rows are committed, on a persistent session, so a
+    collector killed at any moment loses nothing and stores nothing twice. The database file is
+    watched: deleted or replaced while running, it is restored (or merged) from the open connection;
+    read-only, full or failing, nothing is acknowledged (messages wait at the broker) until it is
+    writable again, and `collector status` says NOT WRITING meanwhile.
+    """  # fmt: skip
+    from dataclasses import replace
+
+    from collector.ingest.workers import ServeError
+    from collector.ingest.workers import serve as run_serve
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    config = config_from_options(db, client_id, **kw)
+    if workers is None:
+        from collector.ingest.workers import default_workers
+
+        workers = default_workers(config)
+    if batch_max:
+        config = replace(config, batch_max=batch_max)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(
+        f"collector: {config.db} <- mqtt://{config.broker.host}:{config.broker.port} "
+        f"(MQTT {'5' if config.broker.mqtt_version == 5 else '3.1.1'}, session {config.client_id!r}, "
+        f"{workers} worker{'s' if workers > 1 else ''})",
+        err=True,
+    )
+    try:
+        run_serve(config, stop, workers=workers, serve_chunks=not no_chunks, create_db=create_db)
+    except ServeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@collector_group.command("status")
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(db: str | None, config_path: str | None, as_json: bool) -> None:
+    """Rows, devices online, dead letters, ingest rate and lag; NOT WRITING / STALLED (exit 1) when the
+    collector cannot write the database or its pid lives but its health snapshot is stale."""
+    import dataclasses
+    import json
+
+    from collector.ingest.health import collector_health, format_health
+    from collector.store.sqlite import StoreError
+    from collector.store.watch import read_states
+
+    try:
+        path = db or load_config(config_path).db
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not Path(path).exists() and not read_states(path):
+        raise click.ClickException(f"no database at {path} (start `edgebench collector serve --db {path}`)")
+    try:
+        health = collector_health(path)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        extra = {"running": health.running, "stalled": health.stalled, "writing": not health.not_writing}
+        click.echo(json.dumps({**dataclasses.asdict(health), **extra}, indent=2))
+    else:
+        click.echo(format_health(health))
+    if health.not_writing or health.stalled or health.db_error:
+        raise SystemExit(1)
