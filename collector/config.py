@@ -8,7 +8,10 @@ job_expiry_s = 86400    # devices accept a pushed job this long (`fleet push --e
 [broker]
 host = "localhost"  port = 1883  mqtt_version = 5  keepalive = 30
 tls = false  ca_file = ""  cert_file = ""  key_file = ""  username = ""  password = ""  password_file = ""
+session_expiry_s = 604800  reconnect_min_s = 0.5  reconnect_max_s = 2.0
 ```
+The ``[broker]`` table, its checks and the password rule (``password`` or ``password_file``, never both)
+are the agent's too: :mod:`wire.broker`. :class:`ConfigError` is :class:`wire.broker.ConfigError`.
 Environment: EDGEBENCH_COLLECTOR_DB, EDGEBENCH_COLLECTOR_CLIENT_ID, EDGEBENCH_SIGNING_KEY,
 EDGEBENCH_BROKER_HOST, EDGEBENCH_BROKER_PORT, EDGEBENCH_BROKER_USERNAME, EDGEBENCH_BROKER_PASSWORD.
 """
@@ -22,7 +25,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from wire.errors import EdgebenchError
+from wire.broker import BrokerSettings as WireBrokerSettings
+from wire.broker import ConfigError, check_broker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,31 +36,18 @@ else:  # pragma: no cover
 DEFAULT_CONFIG_PATH = Path("/etc/edgebench/collector.toml")
 
 
-class ConfigError(EdgebenchError, ValueError):
-    """The configuration file or a setting is invalid."""
-
-
 @dataclass(frozen=True)
-class BrokerSettings:
-    host: str = "localhost"
-    port: int = 1883
-    mqtt_version: int = 5  # 5, or 3 for MQTT 3.1.1 (e.g. an embedded broker)
-    keepalive: int = 30
-    tls: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    username: str = ""
-    password: str = ""
-    password_file: str = ""
+class CollectorBrokerSettings(WireBrokerSettings):
+    """The shared connection settings (:mod:`wire.broker`) with the collector's reconnect backoff."""
 
-    def resolved_password(self) -> str:
-        if self.password or not self.password_file:
-            return self.password
-        try:
-            return Path(self.password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read password_file {self.password_file}: {exc}") from None
+    # Back within 2 s of a broker restart: until a client has resubscribed (a shared subscription is
+    # not kept in mosquitto's persistence), messages for it are dropped ("no matching subscribers").
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 2.0
+
+
+# The name callers import (tests, the demo): the collector's [broker] table.
+BrokerSettings = CollectorBrokerSettings
 
 
 @dataclass(frozen=True)
@@ -64,13 +55,17 @@ class CollectorConfig:
     db: str = "/var/lib/edgebench-collector/edgebench.db"
     client_id: str = "edgebench-collector"
     signing_key: str = "/etc/edgebench/keys/collector.key"
-    broker: BrokerSettings = field(default_factory=BrokerSettings)
-    session_expiry_s: int = 7 * 24 * 3600
+    broker: CollectorBrokerSettings = field(default_factory=CollectorBrokerSettings)
     max_payload_bytes: int = 1024 * 1024
     batch_max: int = 1000
     serve_chunks: bool = True
     receipts: bool = True  # tell devices what is committed (end-to-end ack; agents delete only then)
     job_expiry_s: int = 7 * 24 * 3600  # `fleet push` default: devices refuse the job after this long
+
+    @property
+    def session_expiry_s(self) -> int:
+        """The ingest session's expiry: ``[broker] session_expiry_s`` (the agent's key too)."""
+        return self.broker.session_expiry_s
 
 
 def _typed(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -84,6 +79,9 @@ def _typed(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
             ok = isinstance(value, bool)
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
         elif isinstance(default, str):
             ok = isinstance(value, str)
         else:
@@ -115,8 +113,10 @@ def load_config(
     broker_data = data.pop("broker", {})
     if not isinstance(broker_data, dict):
         raise ConfigError("[broker] must be a table")
+    if "session_expiry_s" in data:  # its place before [broker] had it (as the agent's [broker] does)
+        broker_data.setdefault("session_expiry_s", data.pop("session_expiry_s"))
     top = _typed(CollectorConfig, data, str(file or "config"))
-    broker = _typed(BrokerSettings, broker_data, f"{file or 'config'} [broker]")
+    broker = _typed(CollectorBrokerSettings, broker_data, f"{file or 'config'} [broker]")
 
     for var, key in (
         ("EDGEBENCH_COLLECTOR_DB", "db"),
@@ -143,6 +143,6 @@ def load_config(
     broker.update({k: v for k, v in (broker_overrides or {}).items() if v is not None})
     if top.get("job_expiry_s", 1) <= 0:
         raise ConfigError(f"job_expiry_s must be > 0 seconds, got {top['job_expiry_s']!r}")
-    if broker.get("mqtt_version", 5) not in (3, 5):
-        raise ConfigError(f"broker.mqtt_version must be 5 or 3, got {broker['mqtt_version']!r}")
-    return replace(CollectorConfig(**top), broker=BrokerSettings(**broker))
+    config = replace(CollectorConfig(**top), broker=CollectorBrokerSettings(**broker))
+    check_broker(config.broker)
+    return config

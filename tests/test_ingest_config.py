@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from collector.config import ConfigError, load_config
-from collector.ingest.cli import collector_group
+from collector.service.cli import collector_group
 
 
 def test_file_env_and_overrides(tmp_path):
@@ -33,7 +33,7 @@ def test_file_env_and_overrides(tmp_path):
         ("db = 3\n", "db must be str"),
         ("nope = 1\n", "unknown setting 'nope'"),
         ("[broker]\nport = 'x'\n", "port must be int"),
-        ("[broker]\nmqtt_version = 4\n", "mqtt_version must be 5 or 3"),
+        ("[broker]\nmqtt_version = 4\n", "mqtt_version: must be 5 or 3"),
         ("db = \n", "invalid TOML"),
     ],
 )

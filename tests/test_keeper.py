@@ -99,3 +99,28 @@ def test_with_neither_disk_nor_broker_the_message_is_logged_whole(caplog):
     keeper.store_held()
     assert keeper.unstored == 1
     assert any("UNSTORED result r1" in r.message and '"r1"' in r.message for r in caplog.records)
+
+
+def test_the_delivery_key_travels_with_the_message_also_when_held():
+    """The service knows each message's key: it reaches the outbox without a second parse."""
+    calls: list[tuple] = []
+    full = [True]
+
+    def enqueue(topic: str, payload: bytes, key: str | None = None) -> int:
+        calls.append((payload, key))
+        if full[0]:
+            raise OutboxFull("database or disk is full")
+        return len(calls)
+
+    keeper = MessageKeeper(
+        enqueue,
+        lambda t, p: None,
+        stopping=threading.Event(),
+        may_wait=lambda: False,
+        on_error=lambda m: None,
+    )
+    keeper.store("t", b"not json", "result r1", "r:r1")
+    keeper.store("t", b"no key", "other")
+    full[0] = False
+    keeper.store_held()
+    assert calls[-2:] == [(b"not json", "r:r1"), (b"no key", None)] and keeper.held == 0

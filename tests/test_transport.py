@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from agent.delivery.outbox import MemoryOutbox, OutboxError, SqliteOutbox
+from agent.delivery.settings import AgentBrokerSettings as BrokerSettings
 from agent.delivery.transport import MqttTransport, PayloadTooLarge, PublishError
-from agent.service.config import BrokerSettings
 from edgebench.broker import MosquittoBroker, free_port
 from tests.support.fleet_peer import RawSubscriber, wait_until
 
@@ -163,3 +163,17 @@ def test_bad_password_is_reported(acl_broker, outbox):
         assert not transport.connected.is_set()
     finally:
         transport.stop()
+
+
+def test_enqueue_stores_the_callers_key_or_reads_it_from_the_payload(tmp_path):
+    box = MemoryOutbox()
+    settings = BrokerSettings(port=free_port())  # never started: enqueue needs no broker
+    transport = MqttTransport(
+        settings, "agent-dev1", outbox=box, receipt_topic="edgebench/v1/devices/dev1/receipts"
+    )
+    transport.enqueue(TOPIC, b"not json", key="r:given")
+    transport.enqueue(TOPIC, b'{"result_id": "r2"}')
+    without = MqttTransport(settings, "agent-dev2", outbox=MemoryOutbox())  # no receipts: rows have no key
+    without.enqueue(TOPIC, b"x", key="r:ignored")
+    assert [r.key for r in box.pending()] == ["r:given", "r:r2"]
+    assert [r.key for r in without.outbox.pending()] == [None]

@@ -24,19 +24,27 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
+from agent.delivery.errors import PayloadTooLarge
 from agent.delivery.outbox import OutboxError, OutboxFull
-from agent.delivery.transport import PayloadTooLarge
 
 log = logging.getLogger("edgebench.agent")
 
 __all__ = ["MessageKeeper"]
 
 
+class _Message(NamedTuple):
+    topic: str
+    payload: bytes
+    what: str  # for people: "result <id>", "job event <job> <state>"
+    key: str | None  # delivery key (wire.receipts), None: the enqueue function finds it
+
+
 class MessageKeeper:
     def __init__(
         self,
-        enqueue: Callable[[str, bytes], object],
+        enqueue: Callable[..., object],
         publish_direct: Callable[[str, bytes], None],
         *,
         stopping: threading.Event,
@@ -44,13 +52,13 @@ class MessageKeeper:
         on_error: Callable[[str], None],
         max_delay_s: float = 30.0,
     ):
-        self._enqueue = enqueue
+        self._enqueue = enqueue  # (topic, payload) or, for a message with a key, (topic, payload, key=)
         self._publish_direct = publish_direct  # raises unless the broker acknowledged it
         self._stopping = stopping
         self._may_wait = may_wait
         self._on_error = on_error
         self._max_delay_s = max_delay_s
-        self._held: deque[tuple[str, bytes, str]] = deque()  # (topic, payload, what)
+        self._held: deque[_Message] = deque()
         self.disk_full = False  # the outbox refused a message for space (cleared once one goes in)
         self.unstored = 0  # held messages that neither the outbox nor the broker took (logged whole)
         self._waiting = False  # the worker waits with its own message
@@ -60,17 +68,21 @@ class MessageKeeper:
         """Messages in memory for lack of disk space (the held queue and the one the worker waits on)."""
         return len(self._held) + int(self._waiting)
 
-    def store(self, topic: str, payload: bytes, what: str) -> None:
-        """Into the outbox, or held (full disk). PayloadTooLarge and other OutboxErrors raise."""
+    def store(self, topic: str, payload: bytes, what: str, key: str | None = None) -> None:
+        """Into the outbox, or held (full disk). PayloadTooLarge and other OutboxErrors raise.
+
+        ``key``: the message's delivery key, passed on to the enqueue function (which otherwise reads
+        it from the payload)."""
+        message = _Message(topic, payload, what, key)
         if not self._may_wait():
             if self._held:  # keep the order behind what is already held
-                self._held.append((topic, payload, what))
+                self._held.append(message)
                 return
             try:
-                self._enqueue(topic, payload)
+                self._put(message)
             except OutboxFull as exc:
                 self._note_full(what, exc)
-                self._held.append((topic, payload, what))
+                self._held.append(message)
             else:
                 self._note_room(what)
             return
@@ -80,14 +92,14 @@ class MessageKeeper:
                 self.store_held()  # what others held goes first (when stopping: their last resort)
                 if not self._held:
                     try:
-                        self._enqueue(topic, payload)
+                        self._put(message)
                     except OutboxFull as exc:
                         self._note_full(what, exc)
                     else:
                         self._note_room(what)
                         return
                 if self._stopping.is_set():
-                    self._last_resort(topic, payload, what)
+                    self._last_resort(message)
                     return
                 self._waiting = True
                 self._stopping.wait(delay)
@@ -100,18 +112,24 @@ class MessageKeeper:
     def store_held(self) -> None:
         """Store what was held, in order, while there is room; when stopping, the last resort."""
         while self._held:
-            topic, payload, what = self._held[0]
+            message = self._held[0]
             try:
-                self._enqueue(topic, payload)
+                self._put(message)
             except OutboxFull as exc:
-                self._note_full(what, exc)
+                self._note_full(message.what, exc)
                 if not self._stopping.is_set():
                     return
-                self._last_resort(topic, payload, what)
+                self._last_resort(message)
             except (PayloadTooLarge, OutboxError) as exc:
-                self._on_error(f"{what} not stored: {exc}")
+                self._on_error(f"{message.what} not stored: {exc}")
             self._held.popleft()
         self._note_room("held messages")
+
+    def _put(self, message: _Message) -> None:
+        if message.key is None:
+            self._enqueue(message.topic, message.payload)
+        else:
+            self._enqueue(message.topic, message.payload, key=message.key)
 
     def _note_full(self, what: str, exc: Exception) -> None:
         if not self.disk_full:
@@ -123,7 +141,8 @@ class MessageKeeper:
             log.warning("the outbox takes messages again (%s stored)", what)
             self.disk_full = False
 
-    def _last_resort(self, topic: str, payload: bytes, what: str) -> None:
+    def _last_resort(self, message: _Message) -> None:
+        topic, payload, what, _key = message
         try:
             self._publish_direct(topic, payload)
             log.warning("%s published directly at shutdown (the outbox had no room)", what)

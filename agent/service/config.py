@@ -14,7 +14,9 @@ Layout (every key optional; see :class:`AgentConfig` for defaults)::
     [heartbeat] interval_s
 
 Everything is validated when loaded; a mistake raises :class:`ConfigError` with one clear line that
-names the file and the key (``agent.toml: [broker] port: expected an integer, got 'abc'``).
+names the file and the key (``agent.toml: [broker] port: expected an integer, got 'abc'``). The
+``[broker]`` checks and the password rule (``password`` or ``password_file``, never both) are the
+collector's too: :mod:`wire.broker`. :class:`ConfigError` is :class:`wire.broker.ConfigError`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from wire.errors import EdgebenchError
+from agent.delivery.settings import AgentBrokerSettings, check_agent_broker
+from wire.broker import ConfigError
 from wire.topics import TopicError, check_id
 
 if sys.version_info >= (3, 11):
@@ -37,6 +40,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "AgentBrokerSettings",
     "AgentConfig",
     "BrokerSettings",
     "ConfigError",
@@ -49,38 +53,8 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path("/etc/edgebench/agent.toml")
 
 
-class ConfigError(EdgebenchError):
-    """The agent configuration is missing, unreadable or invalid."""
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    host: str = "localhost"
-    port: int = 1883
-    mqtt_version: int = 5  # 5, or 3 for MQTT 3.1.1
-    keepalive: int = 30
-    tls: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    username: str = ""
-    password: str = ""
-    password_file: str = ""
-    session_expiry_s: int = 7 * 24 * 3600  # MQTT v5 Session Expiry Interval of the persistent session
-    max_payload_kb: int = 1024  # enforced on the device before anything is queued or sent
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    client_id: str = ""  # default: "edgebench-agent-<device_id>"
-
-    def resolved_password(self) -> str:
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"[broker] password_file: cannot read {self.password_file}: {exc}"
-                ) from None
-        return self.password
+# The agent's [broker] table: the shared connection settings (wire.broker) plus the device's own.
+BrokerSettings = AgentBrokerSettings
 
 
 @dataclass(frozen=True)
@@ -116,7 +90,7 @@ class AgentConfig:
     device_id: str = field(default_factory=lambda: _default_device_id())
     tags: tuple[str, ...] = ()
     data_dir: Path = Path("/var/lib/edgebench")
-    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    broker: AgentBrokerSettings = field(default_factory=AgentBrokerSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -149,7 +123,7 @@ def _default_device_id() -> str:
 
 
 _SECTIONS = {
-    "broker": BrokerSettings,
+    "broker": AgentBrokerSettings,
     "outbox": OutboxSettings,
     "jobs": JobsSettings,
     "heartbeat": HeartbeatSettings,
@@ -270,32 +244,7 @@ def _check(c: AgentConfig) -> None:
     except TopicError as exc:
         raise ConfigError(str(exc)) from None
     b = c.broker
-    if not b.host:
-        raise ConfigError("[broker] host: must not be empty")
-    if not 0 < b.port < 65536:
-        raise ConfigError(f"[broker] port: must be 1-65535, got {b.port}")
-    if b.mqtt_version not in (3, 5):
-        raise ConfigError(f"[broker] mqtt_version: must be 5 or 3 (MQTT 3.1.1), got {b.mqtt_version}")
-    if not 5 <= b.keepalive <= 65535:
-        raise ConfigError(f"[broker] keepalive: must be 5-65535 seconds, got {b.keepalive}")
-    if b.session_expiry_s < 0:
-        raise ConfigError("[broker] session_expiry_s: must be >= 0")
-    if b.max_payload_kb <= 0:
-        raise ConfigError("[broker] max_payload_kb: must be > 0")
-    if not 0 < b.reconnect_min_s <= b.reconnect_max_s:
-        raise ConfigError("[broker] reconnect_min_s/reconnect_max_s: need 0 < min <= max")
-    if b.password and b.password_file:
-        raise ConfigError("[broker] password and password_file: give one, not both")
-    files = [("password_file", b.password_file)]
-    if b.tls:
-        files += [("ca_file", b.ca_file), ("cert_file", b.cert_file), ("key_file", b.key_file)]
-        if bool(b.cert_file) != bool(b.key_file):
-            raise ConfigError("[broker] cert_file and key_file: a client certificate needs both")
-    elif b.ca_file or b.cert_file or b.key_file:
-        raise ConfigError("[broker] ca_file/cert_file/key_file are set but tls = false")
-    for name, value in files:
-        if value and not Path(value).is_file():
-            raise ConfigError(f"[broker] {name}: no such file {value}")
+    check_agent_broker(b)
     if c.outbox.max_rows < 1 or c.outbox.inflight < 1:
         raise ConfigError("[outbox] max_rows and inflight: must be >= 1")
     if not 0 < c.outbox.confirm_timeout_s <= c.outbox.confirm_timeout_max_s:

@@ -1,12 +1,12 @@
 """The agent daemon: signed jobs in, artifacts fetched over MQTT, results out through the durable outbox.
 
-Threads: paho's network thread (messages -> job store / chunk assembly), the outbox pump
-(:mod:`agent.delivery.transport`), one worker that runs one job at a time, and a heartbeat. Every
-:class:`~wire.schema.ResultRecord` and :class:`~wire.schema.JobEvent` is written to the outbox
-before it is sent. SIGTERM: stop taking jobs, abort the running measurement (its records say
-"aborted"), publish the offline status, flush what the broker takes, exit; the rest stays in the
-outbox for the next start. No runtime is imported here: measurements run in fresh worker processes
-(``agent.measure.bench`` with ``isolate=True``).
+Threads: paho's network thread (job messages -> :mod:`agent.service.intake` -> job store; chunk
+assembly), the outbox pump (:mod:`agent.delivery.pump`), one worker that runs one job at a time, and a
+heartbeat. Every :class:`~wire.schema.ResultRecord` and :class:`~wire.schema.JobEvent` is written to
+the outbox (with its delivery key) before it is sent. SIGTERM: stop taking jobs, abort the running
+measurement (its records say "aborted"), publish the offline status, flush what the broker takes, exit;
+the rest stays in the outbox for the next start. No runtime is imported here: measurements run in
+fresh worker processes (:mod:`agent.service.measurement`, ``agent.measure.bench`` with ``isolate=True``).
 
 A full disk stops nothing and loses nothing stored: every result and event goes through
 :class:`agent.delivery.keeper.MessageKeeper`, which holds what the outbox cannot take and retries (the worker
@@ -22,11 +22,9 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 from agent.delivery.keeper import MessageKeeper
 from agent.delivery.outbox import OutboxError, SqliteOutbox
@@ -36,26 +34,15 @@ from agent.jobs.cache import ArtifactCache
 from agent.jobs.chunk_fetch import ArtifactFetcher
 from agent.jobs.replay import ReplayGuard
 from agent.jobs.run import JobRun, Runner
-from agent.jobs.store import ACTIVE, JobStore, target_matches
+from agent.jobs.store import JobStore
 from agent.service.config import AgentConfig
+from agent.service.intake import JobIntake
+from agent.service.measurement import run_measurement
 from wire import topics
-from wire.codec import load_json
 from wire.errors import EdgebenchError
-from wire.schema import (
-    ArtifactInfo,
-    ArtifactRef,
-    CancelJob,
-    ChunkRequest,
-    DeviceInfo,
-    DeviceStatus,
-    Job,
-    JobEvent,
-    ResultRecord,
-    SchemaError,
-    parse_message,
-    utc_now,
-)
-from wire.signing import SignatureError, load_trusted_keys, verify
+from wire.receipts import event_key, result_key
+from wire.schema import ChunkRequest, DeviceInfo, DeviceStatus, Job, JobEvent, ResultRecord, utc_now
+from wire.signing import SignatureError, load_trusted_keys
 from wire.timestamps import Clock, system_clock
 
 log = logging.getLogger("edgebench.agent")
@@ -65,38 +52,6 @@ __all__ = ["AgentError", "AgentService", "Runner", "run_measurement"]
 
 class AgentError(EdgebenchError):
     """The agent cannot start (keys, data directory) or stop cleanly."""
-
-
-def run_measurement(
-    path: Path,
-    job: Job,
-    ref: ArtifactRef,
-    device: DeviceInfo,
-    cancel: threading.Event,
-    *,
-    max_threads: int = 0,
-) -> list[ResultRecord]:
-    """The one place the service calls the measurement engine (imported only when a job runs).
-
-    ``max_threads`` is the device's own limit ([jobs] max_threads): a job asking for more threads, or
-    for the runtime's default, runs with at most that many.
-    """
-    from agent.measure.bench import BenchOptions, run_benchmark
-
-    artifact = ArtifactInfo(
-        name=ref.name,
-        sha256=ref.sha256,
-        format=ref.format,
-        size_bytes=ref.size_bytes,
-        precision=ref.precision,
-        model=ref.model,
-        variant=ref.variant,
-    )
-    options = BenchOptions.from_settings(job.settings)
-    if max_threads > 0:
-        capped = tuple(sorted({min(t, max_threads) for t in options.threads})) or (max_threads,)
-        options = replace(options, threads=capped)
-    return run_benchmark(path, options, device=device, artifact=artifact, job_id=job.job_id, cancel=cancel)
 
 
 class AgentService:
@@ -112,7 +67,7 @@ class AgentService:
         self.undeliverable = 0  # results that could not even be stored (payload limit)
         self._worker: threading.Thread | None = None
         self.keeper = MessageKeeper(  # every result and event goes through it (full disk: hold, retry)
-            lambda topic, payload: self.transport.enqueue(topic, payload),
+            lambda topic, payload, key=None: self.transport.enqueue(topic, payload, key=key),
             self._publish_direct,
             stopping=self.stopping,
             may_wait=lambda: threading.current_thread() is self._worker,
@@ -127,6 +82,39 @@ class AgentService:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> AgentService:
+        """Open the data directory, wire the parts together, connect, start the worker and heartbeat."""
+        c = self.config
+        self._open_storage()
+        if not self.trusted:
+            log.warning("no trusted signing keys configured: every job will be rejected")
+        if self.device is None:
+            from agent.probes.facts import device_info
+
+            self.device = device_info(c.device_id, c.tags)
+        recovered = self.jobs.recover()
+        self.intake = self._make_intake()
+        self.transport = self._make_transport()
+        self.fetcher = self._make_fetcher()
+        self.job_run = self._make_job_run()
+        for entry in recovered:
+            self._event(entry.job_id, entry.state, entry.detail)
+            self.job_run.redeliver(entry.job_id)  # records a kill -9 caught on their way to the outbox
+        self.transport.subscribe(
+            [*topics.job_topics_for(self.device_id, c.tags), topics.device_chunks(self.device_id)]
+        )
+        self.transport.start()
+        self._start_threads()
+        log.info(
+            "agent %s started (broker %s:%s, data %s)",
+            self.device_id,
+            c.broker.host,
+            c.broker.port,
+            c.data_dir,
+        )
+        return self
+
+    def _open_storage(self) -> None:
+        """Trusted keys, artifact cache, outbox, job store and replay guard, all under the data directory."""
         c = self.config
         try:
             c.data_dir.mkdir(parents=True, exist_ok=True)
@@ -140,15 +128,26 @@ class AgentService:
             self.replay = ReplayGuard(c.data_dir, clock=self.clock)  # first start, seen job ids
         except (OSError, SignatureError, OutboxError) as exc:
             raise AgentError(str(exc)) from None
-        if not self.trusted:
-            log.warning("no trusted signing keys configured: every job will be rejected")
-        if self.device is None:
-            from agent.probes.facts import device_info
 
-            self.device = device_info(c.device_id, c.tags)
-        recovered = self.jobs.recover()
+    def _make_intake(self) -> JobIntake:
+        return JobIntake(
+            device_id=self.device_id,
+            tags=self.config.tags,
+            jobs=self.jobs,
+            trusted=self.trusted,
+            replay=self.replay,
+            lock=self._lock,
+            running_job=lambda: self.current_job,
+            abort=self._abort,
+            event=self._event,
+            error=self._error,
+            wake=self._wake.set,
+        )
+
+    def _make_transport(self) -> MqttTransport:
+        c = self.config
         will = self._status("offline", "last-will").to_json().encode()
-        self.transport = MqttTransport(
+        return MqttTransport(
             c.broker,
             c.client_id,
             outbox=self.outbox,
@@ -161,16 +160,21 @@ class AgentService:
             confirm_timeout_s=c.outbox.confirm_timeout_s,
             confirm_timeout_max_s=c.outbox.confirm_timeout_max_s,
         )
-        self.fetcher = ArtifactFetcher(
+
+    def _make_fetcher(self) -> ArtifactFetcher:
+        jobs = self.config.jobs
+        return ArtifactFetcher(
             self.cache,
             self.device_id,
             self._send_chunk_request,
-            chunk_size=c.jobs.chunk_size,
-            chunk_timeout_s=c.jobs.chunk_timeout_s,
-            retries=c.jobs.chunk_retries,
-            max_artifact_bytes=int(c.jobs.max_artifact_mb * 2**20),
+            chunk_size=jobs.chunk_size,
+            chunk_timeout_s=jobs.chunk_timeout_s,
+            retries=jobs.chunk_retries,
+            max_artifact_bytes=int(jobs.max_artifact_mb * 2**20),
         )
-        self.job_run = JobRun(
+
+    def _make_job_run(self) -> JobRun:
+        return JobRun(
             jobs=self.jobs,
             cache=self.cache,
             fetcher=self.fetcher,
@@ -180,27 +184,15 @@ class AgentService:
             set_state=self._set,
             progress=lambda job_id, name, p: self._event(job_id, "fetching", name, progress=p),
         )
-        for entry in recovered:
-            self._event(entry.job_id, entry.state, entry.detail)
-            self.job_run.redeliver(entry.job_id)  # records a kill -9 caught on their way to the outbox
-        self.transport.subscribe(
-            [*topics.job_topics_for(self.device_id, c.tags), topics.device_chunks(self.device_id)]
-        )
-        self.transport.start()
+
+    def _start_threads(self) -> None:
+        """The job worker (one job at a time) and the heartbeat, both daemon threads."""
         for target, name in ((self._work, "job-worker"), (self._heartbeat, "heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             if target == self._work:
                 self._worker = thread
             thread.start()
             self._threads.append(thread)
-        log.info(
-            "agent %s started (broker %s:%s, data %s)",
-            self.device_id,
-            c.broker.host,
-            c.broker.port,
-            c.data_dir,
-        )
-        return self
 
     def stop(self, flush_timeout_s: float = 5.0, join_timeout_s: float = 60.0) -> bool:
         """Stop taking jobs, abort the running one, say offline, flush. True if the outbox emptied."""
@@ -251,61 +243,7 @@ class AgentService:
         if topic == topics.device_chunks(self.device_id):
             self.fetcher.on_chunk(payload)
         else:
-            self._on_job_message(payload)
-
-    def _on_job_message(self, payload: bytes) -> None:
-        try:
-            message = parse_message(payload)
-        except SchemaError as exc:
-            job_id = _loose_job_id(payload)
-            self._error(f"malformed job message: {exc}")
-            if job_id and self.jobs.add(job_id, None, "rejected", f"malformed: {exc}"):
-                self._event(job_id, "rejected", f"malformed job message: {exc}")
-            return
-        if isinstance(message, CancelJob):
-            self._on_cancel(message)
-        elif isinstance(message, Job):
-            self._on_job(message)
-        else:
-            self._error(f"unexpected {type(message).__name__} on a job topic")
-
-    def _check(self, message: Job | CancelJob) -> str | None:
-        try:
-            verify(message, self.trusted)
-        except SignatureError as exc:
-            return str(exc)
-        self.replay.remember(message)  # signed: never run twice, whatever is decided below
-        if isinstance(message, Job) and not target_matches(message.target, self.device_id, self.config.tags):
-            return f"target {message.target!r} is not this device"
-        return self.replay.refusal(message)  # expired, issued before this device joined
-
-    def _on_job(self, job: Job) -> None:
-        if self.jobs.get(job.job_id) is not None or self.replay.seen(job.job_id):
-            return  # redelivery or replay of a job already seen (the job store may have been pruned)
-        reason = self._check(job)
-        if reason is not None:
-            self.jobs.add(job.job_id, job, "rejected", reason)
-            self._error(f"job {job.job_id} rejected: {reason}")
-            self._event(job.job_id, "rejected", reason)
-            return
-        self.jobs.add(job.job_id, job)
-        self._event(job.job_id, "received", f"{len(job.artifacts)} artifact(s)")
-        self._wake.set()
-
-    def _on_cancel(self, cancel: CancelJob) -> None:
-        reason = self._check(cancel)
-        if reason is not None:
-            self._error(f"cancel of job {cancel.job_id} ignored: {reason}")
-            return
-        with self._lock:
-            entry = self.jobs.get(cancel.job_id)
-            if entry is None:
-                self.jobs.add(cancel.job_id, None, "cancelled", "cancelled before it arrived")
-            elif entry.state == "received":
-                self.jobs.update(cancel.job_id, "cancelled", "cancelled before it started")
-                self._event(cancel.job_id, "cancelled", "cancelled before it started")
-            elif entry.state in ACTIVE and self.current_job == cancel.job_id:
-                self._abort("cancelled")
+            self.intake.on_message(payload)
 
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
@@ -359,7 +297,8 @@ class AgentService:
         """Result -> outbox (durable) -> broker. Too large: retried once without raw samples."""
         topic = topics.results(self.device_id)
         try:
-            self.keeper.store(topic, record.to_json().encode(), f"result {record.result_id}")
+            payload, key = record.to_json().encode(), result_key(record.result_id)
+            self.keeper.store(topic, payload, f"result {record.result_id}", key)
             return True
         except (PayloadTooLarge, OutboxError) as exc:
             if record.latency is not None and record.latency.samples_ms:
@@ -381,7 +320,8 @@ class AgentService:
         )
         what = f"job event {job_id} {state}"
         try:
-            self.keeper.store(topics.events(self.device_id), event.to_json().encode(), what)
+            key = event_key(event.job_id, event.state, event.at)
+            self.keeper.store(topics.events(self.device_id), event.to_json().encode(), what, key)
         except (PayloadTooLarge, OutboxError) as exc:
             self._error(f"{what} not stored: {exc}")
 
@@ -420,11 +360,3 @@ class AgentService:
     def _error(self, message: str) -> None:
         log.error("%s", message)
         self.errors.append(message)
-
-
-def _loose_job_id(payload: bytes) -> str | None:
-    try:
-        data = load_json(payload)  # bounded depth and size: never recurses on hostile nesting
-        return str(uuid.UUID(data["job_id"]))
-    except (SchemaError, ValueError, TypeError, KeyError, AttributeError):
-        return None
