@@ -52,7 +52,7 @@ def serve(db: str, port: int, stats_path: str) -> int:
     from collector.config import BrokerSettings
     from collector.fleet.chunks import ChunkServer
     from collector.ingest.parse import parse
-    from collector.mqtt_client import make_client
+    from collector.mqtt.client import make_client
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

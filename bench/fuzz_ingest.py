@@ -99,7 +99,8 @@ def main() -> None:
             print(f"published in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             deadline = time.monotonic() + 300
             while (
-                ing.stats.committed < len(stream)
+                # its own retained-status clears come back to it (counted as drops)
+                ing.stats.committed < len(stream) + ing.stats.retained_cleared
                 and time.monotonic() < deadline
                 and ing._writer_error is None
             ):
@@ -122,7 +123,10 @@ def main() -> None:
     print(f"payloads published:    {len(stream):,} ({hostile:,} hostile) in {elapsed:.1f} s")
     print(f"service stops:         {stops}")
     print(f"valid records stored:  {stored:,} / {len(valid_ids):,} sent")
-    print(f"committed (received):  {stats.committed:,} ({stats.received:,})")
+    print(
+        f"committed (received):  {stats.committed:,} ({stats.received:,}: {len(stream):,} published + "
+        f"{stats.retained_cleared:,} own retained-status clears)"
+    )
     print(
         f"dead letters:          {sum(dead.values()):,}  "
         + ", ".join(f"{k} {v}" for k, v in dead.most_common())

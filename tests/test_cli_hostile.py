@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.fleet.cli import fleet_group
-from collector.ingest.cli import collector_group
 from collector.reports.cli import report_group
+from collector.service.cli import collector_group
 from collector.store.sqlite import insert_results, open_db
 from tests.support.records import make_record
 

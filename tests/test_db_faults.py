@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner
 
 from collector.config import BrokerSettings, CollectorConfig
-from collector.ingest.cli import collector_group
 from collector.ingest.health import collector_health, format_health
 from collector.ingest.ingestor import Ingestor
+from collector.service.cli import collector_group
 from collector.store.sqlite import insert_results, open_db
 from collector.store.watch import state_dir
 from tests.support.mqtt_peer import Peer, db_count, publisher, wait_for

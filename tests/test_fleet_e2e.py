@@ -14,7 +14,7 @@ from agent.service.daemon import AgentService
 from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
 from collector.fleet.cli import fleet_group
-from collector.ingest.workers import run_ingestor
+from collector.service.workers import run_ingestor
 from tests.support.mqtt_peer import db_count, wait_for
 from wire.signing import generate_keypair
 

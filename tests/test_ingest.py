@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from collector.config import BrokerSettings, CollectorConfig
-from collector.ingest.cli import collector_group
 from collector.ingest.health import collector_health
 from collector.ingest.ingestor import Ingestor
 from collector.ingest.parse import parse
+from collector.service.cli import collector_group
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record, make_status
 from wire import topics

@@ -92,7 +92,7 @@ def test_hostile_stream_then_a_valid_record(ingestor, fresh_mosquitto, db_path):
 def test_a_poison_message_is_dead_lettered_and_the_rest_of_its_batch_stored(mosquitto, db_path, monkeypatch):
     """A message that makes the write raise something nobody foresaw (here: result_row, patched to fail
     for one result id) is quarantined as an internal-error dead letter; the service goes on."""
-    import collector.ingest.ingestor as ingest
+    import collector.store.sqlite as ingest
 
     poison, good = make_record(h.DEVICE), [make_record(h.DEVICE) for _ in range(5)]
     real = ingest.result_row

@@ -1,4 +1,4 @@
-"""collector.ingest.mqttfast against real sockets and a real mosquitto: buffered reads, the raw QoS 1 hook
+"""collector.mqtt.fast against real sockets and a real mosquitto: buffered reads, the raw QoS 1 hook
 (and paho's path for everything else), batched PUBACKs that really acknowledge."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collector.ingest.mqttfast import (
+from collector.mqtt.fast import (
     FAST_PATH,
     INTERNALS,
     PLAIN_PAHO_ENV,
@@ -60,7 +60,7 @@ def _client(port: int, cid: str) -> FastClient:
 
 
 def test_paho_internals_the_fast_path_relies_on():
-    """The contract with paho-mqtt (pinned to >=2.2,<2.3): exactly what collector/ingest/mqttfast.py uses."""
+    """The contract with paho-mqtt (pinned to >=2.2,<2.3): exactly what collector/mqtt/fast.py uses."""
     for name in INTERNALS:
         assert callable(getattr(mqtt.Client, name)), name
     params = list(inspect.signature(mqtt.Client._packet_queue).parameters)

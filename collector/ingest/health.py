@@ -1,7 +1,7 @@
 """`edgebench collector status`: what the database and the running collector say (read-only).
 
 Two sources: the database (counts, the writers' ``collector_health`` rows) and the writers' state
-files beside it (``<db>.collector/state-*.json``, see :mod:`collector.store.watch`), which still speak
+files beside it (``<db>.collector/state-*.json``, see :mod:`collector.store.sidecar`), which still speak
 when the database cannot be written. A writer whose state is not ``ok`` is NOT WRITING; a health row
 older than :data:`STALE_S` from a live pid is STALLED; only otherwise "running"."""
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from collector.store.sidecar import WriterState, pid_alive, read_states, state_line
 from collector.store.sqlite import StoreError, open_readonly
-from collector.store.watch import WriterState, pid_alive, read_states, state_line
 
 STALE_S = 15.0  # a health row this old while its pid lives: stalled (rows are written every ~1 s)
 

@@ -1,7 +1,9 @@
-"""The collector's paho clients: every MQTT setting in one place (v5 or 3.1.1, TLS, auth, sessions).
+"""The collector's paho clients, made by :mod:`mqttlink.client` (the settings the agent's use too).
 
 Used by the ingest workers (:func:`make_ingest_client`: buffered reads through
-:class:`collector.ingest.mqttfast.FastClient`) and by ``fleet push`` / the chunk server (:func:`make_client`).
+:class:`collector.mqtt.fast.FastClient`) and by ``fleet push`` / the chunk server (:func:`make_client`).
+The collector's reconnect backoff (back within 2 s of a broker restart) is the default of
+:class:`collector.config.CollectorBrokerSettings`.
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from collector.config import BrokerSettings
-from collector.ingest.mqttfast import FAST_PATH, FastClient
+from collector.mqtt.fast import FAST_PATH, FastClient
+from mqttlink import client as mqttlink
+from wire.broker import BrokerSettings
 
 __all__ = ["connect_kwargs", "make_client", "make_ingest_client"]
+
+MAX_INFLIGHT = 1000  # QoS 1 messages the collector publishes (jobs, chunks, receipts) awaiting PUBACK at once
 
 
 def make_client(
@@ -27,41 +29,19 @@ def make_client(
     manual_ack: bool = True,
     fast: bool = False,
 ) -> mqtt.Client:
-    """A paho client with every setting in one place (v5 or 3.1.1, TLS, auth).
+    """A paho client (:func:`mqttlink.client.make_client`).
 
-    ``fast``: a :class:`collector.ingest.mqttfast.FastClient` (buffered socket reads), for the ingest hot
+    ``fast``: a :class:`collector.mqtt.fast.FastClient` (buffered socket reads), for the ingest hot
     path.
     """
-    cls = FastClient if fast and FAST_PATH else mqtt.Client
-    if broker.mqtt_version == 5:
-        client = cls(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=manual_ack,
-        )
-    else:
-        client = cls(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=not persistent,
-            manual_ack=manual_ack,
-        )
-    if broker.tls:
-        client.tls_set(
-            ca_certs=broker.ca_file or None,
-            certfile=broker.cert_file or None,
-            keyfile=broker.key_file or None,
-        )
-    if broker.username:
-        client.username_pw_set(broker.username, broker.resolved_password() or None)
-    client.max_queued_messages_set(0)
-    client.max_inflight_messages_set(1000)
-    # Back within 2 s of a broker restart: until a client has resubscribed (a shared subscription is
-    # not kept in mosquitto's persistence), messages for it are dropped ("no matching subscribers").
-    client.reconnect_delay_set(0.5, 2)
-    return client
+    return mqttlink.make_client(
+        broker,
+        client_id,
+        persistent=persistent,
+        manual_ack=manual_ack,
+        max_inflight=MAX_INFLIGHT,
+        client_class=FastClient if fast and FAST_PATH else None,
+    )
 
 
 def make_ingest_client(
@@ -71,10 +51,4 @@ def make_ingest_client(
 
 
 def connect_kwargs(broker: BrokerSettings, *, persistent: bool, session_expiry_s: int) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"host": broker.host, "port": broker.port, "keepalive": broker.keepalive}
-    if broker.mqtt_version == 5:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = session_expiry_s if persistent else 0
-        kwargs["clean_start"] = not persistent
-        kwargs["properties"] = props
-    return kwargs
+    return mqttlink.connect_kwargs(broker, persistent=persistent, session_expiry_s=session_expiry_s)

@@ -2,32 +2,74 @@
 
 Every writer here is idempotent where the wire can repeat itself: results are keyed by
 ``result_id`` and inserted with ``INSERT ... ON CONFLICT DO NOTHING`` so MQTT redeliveries are
-absorbed. Functions take a :class:`sqlite_utils.Database` from :func:`open_db`; the ones named
-``*_rows`` only build rows and never touch the database, so the ingest writer can batch them.
+absorbed. Functions take a :class:`sqlite_utils.Database` from :func:`open_db`; the rows and
+statements come from :mod:`collector.store.sqlite_rows` (re-exported here). :class:`SqliteStore` is
+the same store as the :class:`collector.store.api.ResultStore` interface, on one connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from collector.store.migrations import RESULT_COLUMN_NAMES, apply_migrations
+from collector.store.api import DeadLetter, HealthRow
+from collector.store.migrations import apply_migrations
+from collector.store.sqlite_rows import (
+    DEAD_LETTER_SQL,
+    DEVICE_UPSERT_SQL,
+    EXCERPT_BYTES,
+    HEALTH_UPSERT_SQL,
+    INSERT_RESULT_SQL,
+    JOB_EVENT_SQL,
+    dead_letter_row,
+    device_params,
+    excerpt,
+    health_params,
+    job_event_row,
+    result_row,
+)
 from wire.codec import encode
 from wire.errors import EdgebenchError
-from wire.schema import (
-    ArtifactInfo,
-    ArtifactRef,
-    DeviceStatus,
-    Job,
-    JobEvent,
-    ResultRecord,
-    utc_now,
-)
+from wire.schema import ArtifactInfo, ArtifactRef, DeviceStatus, Job, JobEvent, ResultRecord, utc_now
+
+__all__ = [
+    "DEAD_LETTER_SQL",
+    "DEVICE_UPSERT_SQL",
+    "EXCERPT_BYTES",
+    "HEALTH_UPSERT_SQL",
+    "INSERT_RESULT_SQL",
+    "JOB_EVENT_SQL",
+    "SQLITE_HEADER",
+    "SqliteStore",
+    "SqliteTransaction",
+    "StoreError",
+    "artifact_path",
+    "connect",
+    "count",
+    "dead_letter_row",
+    "device_params",
+    "excerpt",
+    "health_params",
+    "insert_job_events",
+    "insert_result_rows",
+    "insert_results",
+    "job_event_row",
+    "open_db",
+    "open_readonly",
+    "record_job",
+    "register_artifact",
+    "require_database",
+    "result_row",
+    "set_job_state",
+    "transaction",
+    "upsert_device",
+]
 
 
 class StoreError(EdgebenchError, RuntimeError):
@@ -106,95 +148,6 @@ def open_readonly(path: str | Path, *, timeout_s: float = 10.0) -> sqlite_utils.
 # ---------------------------------------------------------------- results
 
 
-def _throttled(record: ResultRecord) -> int | None:
-    board = record.board
-    if board is None:
-        return None
-    flags = [
-        board.throttled_now,
-        *(bool(s.throttled & 0xF) for s in board.samples if s.throttled is not None),
-    ]
-    known = [f for f in flags if f is not None]
-    if not known:
-        return None
-    return int(any(known))
-
-
-def result_row(record: ResultRecord, received_at: str, record_json: str | None = None) -> tuple[Any, ...]:
-    """The ``results`` row for one record, in :data:`RESULT_COLUMN_NAMES` order.
-
-    ``record_json`` is the message as received (already validated); it is re-encoded when absent.
-    """
-    a, c, lat = record.artifact, record.config, record.latency
-    cs, mem, cpu, en, b, acc = (
-        record.cold_start,
-        record.memory,
-        record.cpu,
-        record.energy,
-        record.board,
-        record.accuracy,
-    )
-    return (
-        record.result_id,
-        record.device.device_id,
-        a.model,
-        a.name,
-        a.sha256,
-        a.variant,
-        a.format,
-        a.precision,
-        a.size_bytes,
-        c.runtime,
-        c.runtime_version,
-        c.threads,
-        c.batch,
-        record.status,
-        record.error,
-        lat.n if lat else None,
-        lat.mean_ms if lat else None,
-        lat.std_ms if lat else None,
-        lat.cv if lat else None,
-        lat.min_ms if lat else None,
-        lat.p50_ms if lat else None,
-        lat.p50_ci_low_ms if lat else None,
-        lat.p50_ci_high_ms if lat else None,
-        lat.p90_ms if lat else None,
-        lat.p99_ms if lat else None,
-        lat.max_ms if lat else None,
-        lat.throughput_ips if lat else None,
-        int(lat.stable) if lat else None,
-        cs.load_ms if cs else None,
-        cs.first_inference_ms if cs else None,
-        mem.load_peak_mb if mem else None,
-        mem.inference_peak_mb if mem else None,
-        cpu.cpu_s_per_inference if cpu else None,
-        en.joules_per_inference if en else None,
-        en.method if en else None,
-        en.avg_power_w if en else None,
-        b.temp_start_c if b else None,
-        b.temp_max_c if b else None,
-        b.temp_end_c if b else None,
-        b.freq_start_mhz if b else None,
-        b.freq_end_mhz if b else None,
-        _throttled(record),
-        acc.metric if acc else None,
-        acc.value if acc else None,
-        acc.delta if acc else None,
-        record.job_id,
-        record.started_at,
-        record.finished_at,
-        received_at,
-        record_json if record_json is not None else record.to_json(),
-        len(record.profile),
-    )
-
-
-INSERT_RESULT_SQL = (
-    f"INSERT INTO results ({', '.join(f'[{c}]' for c in RESULT_COLUMN_NAMES)}) "
-    f"VALUES ({', '.join('?' for _ in RESULT_COLUMN_NAMES)}) ON CONFLICT(result_id) DO NOTHING"
-)
-
-
 def insert_result_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
     """Insert prepared rows (caller owns the transaction); return how many were new."""
     if not rows:
@@ -219,69 +172,6 @@ def insert_results(
 
 # ---------------------------------------------------------------- devices
 
-DEVICE_UPSERT_SQL = """
-INSERT INTO devices (device_id, hostname, board, arch, cpu_model, cpu_cores, ram_mb, os, kernel,
-  agent_version, tags, facts, online, state, first_seen, last_seen, last_reason, outbox_pending,
-  outbox_dropped, current_job)
-VALUES (:device_id, :hostname, :board, :arch, :cpu_model, :cpu_cores, :ram_mb, :os, :kernel,
-  :agent_version, :tags, :facts, :online, :state, :at, :at, :reason, :outbox_pending, :outbox_dropped,
-  :current_job)
-ON CONFLICT(device_id) DO UPDATE SET
-  hostname = COALESCE(excluded.hostname, devices.hostname),
-  board = COALESCE(excluded.board, devices.board),
-  arch = COALESCE(excluded.arch, devices.arch),
-  cpu_model = COALESCE(excluded.cpu_model, devices.cpu_model),
-  cpu_cores = COALESCE(excluded.cpu_cores, devices.cpu_cores),
-  ram_mb = COALESCE(excluded.ram_mb, devices.ram_mb),
-  os = COALESCE(excluded.os, devices.os),
-  kernel = COALESCE(excluded.kernel, devices.kernel),
-  agent_version = COALESCE(excluded.agent_version, devices.agent_version),
-  tags = COALESCE(excluded.tags, devices.tags),
-  facts = COALESCE(excluded.facts, devices.facts),
-  online = CASE WHEN excluded.last_seen >= COALESCE(devices.last_seen, '') THEN excluded.online
-           ELSE devices.online END,
-  state = CASE WHEN excluded.last_seen >= COALESCE(devices.last_seen, '') THEN excluded.state
-          ELSE devices.state END,
-  last_reason = CASE WHEN excluded.last_seen >= COALESCE(devices.last_seen, '') THEN excluded.last_reason
-                ELSE devices.last_reason END,
-  last_seen = MAX(excluded.last_seen, COALESCE(devices.last_seen, '')),
-  outbox_pending = COALESCE(excluded.outbox_pending, devices.outbox_pending),
-  outbox_dropped = COALESCE(excluded.outbox_dropped, devices.outbox_dropped),
-  current_job = CASE WHEN excluded.last_seen >= COALESCE(devices.last_seen, '') THEN excluded.current_job
-                ELSE devices.current_job END
-"""
-
-
-def device_params(status: DeviceStatus) -> dict[str, Any]:
-    """Named parameters of :data:`DEVICE_UPSERT_SQL` for one status message.
-
-    A status without facts (a last will, a heartbeat) keeps the facts already stored. A message older
-    than the stored ``last_seen`` (a late retained message) never flips the online state back.
-    """
-    f = status.facts
-    tags = status.tags or (f.tags if f else ())
-    return {
-        "device_id": status.device_id,
-        "hostname": f.hostname if f else None,
-        "board": f.board if f else None,
-        "arch": f.arch if f else None,
-        "cpu_model": f.cpu_model if f else None,
-        "cpu_cores": f.cpu_cores if f else None,
-        "ram_mb": f.ram_mb if f else None,
-        "os": f.os if f else None,
-        "kernel": f.kernel if f else None,
-        "agent_version": f.agent_version if f else None,
-        "tags": json.dumps(list(tags)) if (tags or f) else None,
-        "facts": json.dumps(encode(f), separators=(",", ":")) if f else None,
-        "online": 1 if status.state == "online" else 0,
-        "state": status.state,
-        "at": status.at,
-        "reason": status.reason,
-        "outbox_pending": status.outbox_pending,
-        "outbox_dropped": status.outbox_dropped,
-        "current_job": status.current_job,
-    }
-
 
 def upsert_device(db: sqlite_utils.Database, status: DeviceStatus) -> None:
     with db.atomic():
@@ -289,25 +179,6 @@ def upsert_device(db: sqlite_utils.Database, status: DeviceStatus) -> None:
 
 
 # ---------------------------------------------------------------- jobs, events, artifacts
-
-JOB_EVENT_SQL = (
-    "INSERT OR IGNORE INTO job_events "
-    "(job_id, device_id, state, at, detail, result_ids, progress, received_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def job_event_row(event: JobEvent, received_at: str) -> tuple[Any, ...]:
-    return (
-        event.job_id,
-        event.device_id,
-        event.state,
-        event.at,
-        event.detail,
-        json.dumps(list(event.result_ids)),
-        event.progress,
-        received_at,
-    )
 
 
 def insert_job_events(
@@ -386,21 +257,109 @@ def artifact_path(db: sqlite_utils.Database, sha256: str) -> Path | None:
     return Path(row[0]) if row and row[0] else None
 
 
-# ---------------------------------------------------------------- dead letters
-
-DEAD_LETTER_SQL = "INSERT INTO dead_letters (topic, reason, excerpt, received_at) VALUES (?, ?, ?, ?)"
-EXCERPT_BYTES = 512
-
-
-def excerpt(payload: bytes, limit: int = EXCERPT_BYTES) -> str:
-    """A bounded, printable excerpt of a payload for the dead-letter table."""
-    text = payload[:limit].decode("utf-8", errors="replace")
-    return text + (f"... ({len(payload)} bytes)" if len(payload) > limit else "")
-
-
-def dead_letter_row(topic: str, reason: str, payload: bytes, received_at: str) -> tuple[str, str, str, str]:
-    return (topic, reason[:500], excerpt(payload), received_at)
+# ---------------------------------------------------------------- reads
 
 
 def count(db: sqlite_utils.Database, table: str) -> int:
     return int(db.conn.execute(f"SELECT COUNT(*) FROM [{table}]").fetchone()[0])
+
+
+# ---------------------------------------------------------------- the ResultStore interface
+
+
+class SqliteTransaction:
+    """:class:`collector.store.api.StoreTransaction` on a connection inside ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def insert_results(self, records: Sequence[ResultRecord], texts: Sequence[str | None], at: str) -> int:
+        return insert_result_rows(
+            self.conn, [result_row(r, at, t) for r, t in zip(records, texts, strict=True)]
+        )
+
+    def upsert_statuses(self, statuses: Iterable[DeviceStatus]) -> None:
+        for status in statuses:
+            self.conn.execute(DEVICE_UPSERT_SQL, device_params(status))
+
+    def insert_job_events(self, events: Sequence[JobEvent], at: str) -> int:
+        if not events:
+            return 0
+        before = self.conn.total_changes
+        self.conn.executemany(JOB_EVENT_SQL, [job_event_row(e, at) for e in events])
+        return self.conn.total_changes - before
+
+    def insert_dead_letters(self, letters: Sequence[DeadLetter], at: str) -> None:
+        if letters:
+            rows = [dead_letter_row(d.topic, d.reason, d.payload, at) for d in letters]
+            self.conn.executemany(DEAD_LETTER_SQL, rows)
+
+    def write_health(self, row: HealthRow) -> None:
+        self.conn.execute(HEALTH_UPSERT_SQL, health_params(row))
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[SqliteTransaction]:
+    """``BEGIN IMMEDIATE`` (waits for the write lock) ... ``COMMIT``; rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield SqliteTransaction(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+class SqliteStore:
+    """:class:`collector.store.api.ResultStore` on one database (:func:`open_db`) or connection.
+
+    The module-level functions are the same operations on a :class:`sqlite_utils.Database`."""
+
+    def __init__(self, db: sqlite_utils.Database | sqlite3.Connection) -> None:
+        self.db = db if isinstance(db, sqlite_utils.Database) else sqlite_utils.Database(db)
+
+    @classmethod
+    def open(cls, path: str | Path, **kw: Any) -> SqliteStore:
+        """:func:`open_db` (created, WAL, migrated) as a store."""
+        return cls(open_db(path, **kw))
+
+    def transaction(self) -> contextlib.AbstractContextManager[SqliteTransaction]:
+        return transaction(self.db.conn)
+
+    def insert_results(self, records: Iterable[ResultRecord], received_at: str | None = None) -> int:
+        return insert_results(self.db, records, received_at)
+
+    def upsert_device(self, status: DeviceStatus) -> None:
+        upsert_device(self.db, status)
+
+    def insert_job_events(self, events: Iterable[JobEvent], received_at: str | None = None) -> int:
+        return insert_job_events(self.db, events, received_at)
+
+    def record_job(self, job: Job, state: str = "published") -> None:
+        record_job(self.db, job, state)
+
+    def set_job_state(self, job_id: str, state: str) -> None:
+        set_job_state(self.db, job_id, state)
+
+    def register_artifact(
+        self,
+        info: ArtifactInfo | ArtifactRef,
+        *,
+        path: str | Path | None = None,
+        source: str = "",
+        fidelity: dict[str, Any] | None = None,
+        registered_at: str | None = None,
+    ) -> None:
+        register_artifact(
+            self.db, info, path=path, source=source, fidelity=fidelity, registered_at=registered_at
+        )
+
+    def artifact_path(self, sha256: str) -> Path | None:
+        return artifact_path(self.db, sha256)
+
+    def count(self, table: str) -> int:
+        return count(self.db, table)
+
+    def close(self) -> None:
+        self.db.close()

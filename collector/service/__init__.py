@@ -1,0 +1,1 @@
+"""The running collector: ingest workers and the chunk server in one service, and its CLI (serve, status)."""
