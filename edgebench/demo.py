@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edgebench.broker import BrokerError, start_local_broker, stop_process
+from edgebench.broker import BrokerError, EmbeddedBroker, MosquittoBroker, start_local_broker, stop_process
 from wire.errors import EdgebenchError
 
 
@@ -156,36 +156,10 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
         log(f"[1/6] broker: {broker.name} on {broker.host}:{broker.port} (MQTT {broker.mqtt_version})")
 
         # 2. keys, collector, agents
-        from wire.signing import generate_keypair
-
-        keys = work / "keys"
-        key, pub = keys / "collector.key", keys / "collector.pub"
-        if not (key.exists() and pub.exists()):
-            key.unlink(missing_ok=True)
-            pub.unlink(missing_ok=True)
-            key, pub = generate_keypair(keys, "collector")
-        broker_args = ["--broker", f"{broker.host}:{broker.port}", "--mqtt-version", str(broker.mqtt_version)]
-        collector_args = ["collector", "serve", "--db", str(db), "--client-id", "edgebench-demo-collector"]
-        children.append(_spawn("collector", collector_args + broker_args, work / "logs" / "collector.log"))
-        for device in options.devices:
-            home = work / "devices" / device.device_id
-            home.mkdir(parents=True, exist_ok=True)
-            config = home / "agent.toml"
-            config.write_text(_agent_config(device, home, broker.host, broker.port, broker.mqtt_version, pub))
-            args = ["agent", "run", "--config", str(config), "--log-level", "warning"]
-            children.append(
-                _spawn(f"agent {device.device_id}", args, work / "logs" / f"{device.device_id}.log")
-            )
+        key, pub = _signing_keys(work / "keys")
+        _spawn_collector_and_agents(options, work, db, broker, pub, children)
         ids = tuple(d.device_id for d in options.devices)
-        marks = ",".join("?" * len(ids))
-
-        def all_online() -> bool:
-            rows = _query(
-                db, f"SELECT COUNT(*) FROM devices WHERE online = 1 AND device_id IN ({marks})", ids
-            )
-            return bool(rows) and rows[0][0] == len(ids)
-
-        _wait("the devices to come online", all_online, 60, children)
+        _wait_online(db, ids, children)
         log(
             f"[2/6] collector on {db.name}; {len(ids)} agents online: "
             + ", ".join(
@@ -200,14 +174,7 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
         outcome = _push(options, work, db, key, broker, ids, manifest_path, log)
 
         # 5. wait until every reported result is stored
-        job_id = outcome.job_id
-
-        def stored() -> bool:
-            rows = _query(db, "SELECT COUNT(*) FROM results WHERE job_id = ?", (job_id,))
-            return bool(rows) and rows[0][0] >= outcome.expected_results
-
-        _wait("the collector to store every result", stored, 60, children)
-        count = _query(db, "SELECT COUNT(*) FROM results WHERE job_id = ?", (job_id,))[0][0]
+        count = _wait_stored(db, outcome, children)
         log(f"[5/6] {count} results stored in {db}")
 
         # 6. report
@@ -232,6 +199,65 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
             child.stop()
         if broker is not None:
             broker.stop()
+
+
+def _signing_keys(keys: Path) -> tuple[Path, Path]:
+    """The collector's (private, public) job-signing key pair in ``keys``: kept if whole, else made anew."""
+    from wire.signing import generate_keypair
+
+    key, pub = keys / "collector.key", keys / "collector.pub"
+    if not (key.exists() and pub.exists()):
+        key.unlink(missing_ok=True)
+        pub.unlink(missing_ok=True)
+        key, pub = generate_keypair(keys, "collector")
+    return key, pub
+
+
+def _spawn_collector_and_agents(
+    options: DemoOptions,
+    work: Path,
+    db: Path,
+    broker: MosquittoBroker | EmbeddedBroker,
+    pub: Path,
+    children: list[_Child],
+) -> None:
+    """Start the collector and one agent per device (each with its own data dir and agent.toml).
+
+    Each process is appended to ``children`` as soon as it runs, so the caller stops it even if a later
+    one fails to start."""
+    broker_args = ["--broker", f"{broker.host}:{broker.port}", "--mqtt-version", str(broker.mqtt_version)]
+    collector_args = ["collector", "serve", "--db", str(db), "--client-id", "edgebench-demo-collector"]
+    children.append(_spawn("collector", collector_args + broker_args, work / "logs" / "collector.log"))
+    for device in options.devices:
+        home = work / "devices" / device.device_id
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "agent.toml"
+        config.write_text(_agent_config(device, home, broker.host, broker.port, broker.mqtt_version, pub))
+        args = ["agent", "run", "--config", str(config), "--log-level", "warning"]
+        children.append(_spawn(f"agent {device.device_id}", args, work / "logs" / f"{device.device_id}.log"))
+
+
+def _wait_online(db: Path, ids: tuple[str, ...], children: list[_Child]) -> None:
+    """Until the collector's database shows every device in ``ids`` online (60 s)."""
+    marks = ",".join("?" * len(ids))
+
+    def all_online() -> bool:
+        rows = _query(db, f"SELECT COUNT(*) FROM devices WHERE online = 1 AND device_id IN ({marks})", ids)
+        return bool(rows) and rows[0][0] == len(ids)
+
+    _wait("the devices to come online", all_online, 60, children)
+
+
+def _wait_stored(db: Path, outcome: _PushSummary, children: list[_Child]) -> int:
+    """Until the collector has stored every result the devices reported (60 s); returns how many it has."""
+    sql = "SELECT COUNT(*) FROM results WHERE job_id = ?"
+
+    def stored() -> bool:
+        rows = _query(db, sql, (outcome.job_id,))
+        return bool(rows) and rows[0][0] >= outcome.expected_results
+
+    _wait("the collector to store every result", stored, 60, children)
+    return _query(db, sql, (outcome.job_id,))[0][0]
 
 
 def _convert(options: DemoOptions, work: Path, log: Callable[[str], None]) -> Path:
@@ -319,15 +345,17 @@ def _push(options, work, db, key, broker, ids, manifest_path, log) -> _PushSumma
 
 
 def _report(db: Path, work: Path, max_drop: float) -> tuple[str, Path, tuple[str, ...]]:
+    from collector.reports.extras import html_extras
     from collector.reports.html import render_html
     from collector.reports.latency import latency_report
     from collector.reports.render import render_report
+    from collector.reports.source import ReportSource
 
     conn = sqlite3.connect(db)
     try:
         report = latency_report(conn, max_accuracy_drop=max_drop)
-        text = render_report(report, "table", conn)
-        html = render_html(report, conn)
+        text = render_report(report, "table")
+        html = render_html(report, html_extras(ReportSource.read(conn), report))
     finally:
         conn.close()
     html_path = work / "report.html"

@@ -9,7 +9,7 @@ import pytest
 
 from collector.config import BrokerSettings
 from collector.fleet.chunks import ChunkServer
-from collector.mqtt_client import make_client
+from collector.mqtt.client import make_client
 from collector.store.sqlite import open_db, record_job, register_artifact
 from tests.support.mqtt_peer import Peer, wait_for
 from wire import topics

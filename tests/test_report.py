@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from collector.reports.latency import ReportFilter, latency_report, parse_since
-from collector.reports.stats import encode_hist, merge_by_group, pooled_stats, quantile
+from collector.reports.stats import pooled_stats, quantile
+from collector.store.histograms import encode_hist, merge_by_group
 from collector.store.report_index import ReportError, refresh_index
 from collector.store.sqlite import insert_results, open_db, register_artifact
 from tests.support.report_records import make_record, sha

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from collector.reports.compare import compare_runs
+from collector.reports.extras import html_extras
 from collector.reports.latency import latency_report
 from collector.reports.render import render_comparison, render_report
+from collector.reports.source import ReportSource
 from collector.store.sqlite import insert_results, open_db
 from tests.support.report_records import make_record
 
@@ -27,7 +29,8 @@ def html(db_path):
         for k, v in enumerate(("fp32", "fp16", "int8-static", "tflite-int8"))
     ]
     insert_results(db, recs)
-    return render_report(latency_report(db.conn, max_accuracy_drop=1.0), "html", db.conn)
+    report = latency_report(db.conn, max_accuracy_drop=1.0)
+    return render_report(report, "html", html_extras(ReportSource.read(db.conn), report))
 
 
 def test_self_contained_with_every_plot(html):

@@ -130,10 +130,13 @@ def test_real_profiles_from_the_agent_end_up_in_the_report(db_path, tiny_mlp_onn
 
 
 def test_the_latency_html_report_has_the_section_when_profiles_exist(db):
+    from collector.reports.extras import html_extras
     from collector.reports.latency import latency_report
     from collector.reports.render import render_report
+    from collector.reports.source import ReportSource
 
-    html = render_report(latency_report(db, ReportFilter()), "html", db)
+    report = latency_report(db, ReportFilter())
+    html = render_report(report, "html", html_extras(ReportSource.read(db), report))
     assert "Where the time goes (per-operator profiles)" in html and "Conv 70%, Gemm 30%" in html
 
 

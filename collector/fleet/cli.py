@@ -1,4 +1,5 @@
-"""`edgebench fleet devices|jobs|push` (thin wrappers over collector.fleet.operations)."""
+"""`edgebench fleet devices|jobs|push` (thin wrappers over collector.fleet.listings / artifacts / jobs /
+push)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import click
 
 from collector.config import CollectorConfig
 from collector.fleet.enroll_cli import enroll
-from collector.ingest.cli import broker_options, config_from_options
+from collector.options import broker_options, config_from_options
 
 
 @click.group("fleet")
@@ -60,7 +61,7 @@ def devices(db: str | None, config_path: str | None, as_json: bool) -> None:
     import dataclasses
     import json
 
-    from collector.fleet.operations import list_devices
+    from collector.fleet.listings import list_devices
 
     _, database = _open(db, config_path)
     rows = list_devices(database)
@@ -100,7 +101,7 @@ def jobs(db: str | None, config_path: str | None, limit: int, as_json: bool) -> 
     import dataclasses
     import json
 
-    from collector.fleet.operations import list_jobs
+    from collector.fleet.listings import list_jobs
 
     _, database = _open(db, config_path)
     rows = list_jobs(database, limit)
@@ -196,13 +197,10 @@ def push(artifacts: tuple[Path, ...], to: str, db: str | None, signing_key: str 
          timeout_s: float, expires_in: str | None, **kw: Any) -> None:  # fmt: skip
     """Register ARTIFACTS (model files or a converter manifest.json), sign a job, publish it to the
     target, serve the model chunks and show each device's progress until done or --timeout."""
-    from collector.fleet.operations import (
-        FleetError,
-        Pusher,
-        collect_artifacts,
-        parse_duration,
-        resolve_target,
-    )
+    from collector.fleet.artifacts import collect_artifacts
+    from collector.fleet.errors import FleetError
+    from collector.fleet.jobs import parse_duration, resolve_target
+    from collector.fleet.push import Pusher
     from collector.store.sqlite import StoreError, open_db
     from wire.schema import BenchSettings
 

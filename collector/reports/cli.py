@@ -1,4 +1,7 @@
-"""`edgebench report ...`: thin click wrappers over collector.reports.latency / compare / render."""
+"""`edgebench report ...`: thin click wrappers over collector.reports.latency / compare / ops / render.
+
+Every command opens the database read-only (collector.reports.source) and never writes it: results
+not indexed yet are indexed in memory, an older schema is read as it is."""
 
 from __future__ import annotations
 
@@ -111,12 +114,20 @@ def _filters(
 
 
 def _open(db_path: Path) -> sqlite3.Connection:
-    from collector.store.sqlite import StoreError, open_db, require_database
+    """A read-only connection to a collector database (checked: never created, migrated or written)."""
+    from collector.reports.source import check_schema, connect_readonly
+    from collector.store.sqlite import StoreError, require_database
 
     if not db_path.exists():
         raise StoreError(f"no database at {db_path} (pass --db, or run the collector first)")
     require_database(db_path)  # an empty or foreign file is an error, never given a schema
-    return open_db(db_path).conn
+    conn = connect_readonly(db_path)
+    try:
+        check_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -174,16 +185,23 @@ def latency(
     baseline of the same model on the same device, size, peak memory, energy per inference, accuracy
     delta, and the variant to ship on each device (the fastest within the accuracy budget, never one
     slower than fp32)."""
+    from collector.reports.extras import html_extras
     from collector.reports.latency import latency_report
     from collector.reports.render import render_report
+    from collector.reports.source import ReportSource, read_snapshot
 
     filters = _filters(model, devices, tag, since, until, batch, threads, baseline)
     conn = _open(db_path)
     try:
-        report = latency_report(conn, filters, max_accuracy_drop=max_accuracy_drop, manifest=manifest)
-        _emit(render_report(report, fmt, conn), out)
+        with read_snapshot(conn):
+            source = ReportSource.read(conn)
+            report = latency_report(
+                conn, filters, max_accuracy_drop=max_accuracy_drop, manifest=manifest, source=source
+            )
+            extras = html_extras(source, report) if fmt == "html" else None
     finally:
         conn.close()
+    _emit(render_report(report, fmt, extras), out)
 
 
 @report_group.command("compare")
@@ -245,9 +263,9 @@ def compare(
             filters=ReportFilter(model=model, devices=devices, tag=tag, batch=None),
             min_effect=min_effect / 100,
         )
-        _emit(render_comparison(result, fmt), out)
     finally:
         conn.close()
+    _emit(render_comparison(result, fmt), out)
     if fail_on_regression and result.regressions:
         raise SystemExit(1)
 
@@ -281,6 +299,7 @@ def ops(
     filters = _filters(model, devices, tag, since, until, batch, threads)
     conn = _open(db_path)
     try:
-        _emit(render_ops(ops_report(conn, filters), fmt, max(1, top)), out)
+        report = ops_report(conn, filters)
     finally:
         conn.close()
+    _emit(render_ops(report, fmt, max(1, top)), out)

@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from collector.reports.latency import ReportFilter, _select_cells, parse_since
-from collector.reports.stats import bootstrap_median_diff, synthetic_samples
+from collector.reports.query import ReportFilter, parse_since, select_cells
+from collector.reports.source import ReportSource, read_snapshot
+from collector.reports.stats import bootstrap_median_diff
+from collector.store.histograms import synthetic_samples
 from collector.store.report_index import ReportError
 
 MAX_RUNS_PER_SIDE = 200
@@ -111,12 +113,16 @@ def _selector_sql(conn: sqlite3.Connection, text: str, now: Callable[[], datetim
 
 
 def _load(
-    conn: sqlite3.Connection, text: str, f: ReportFilter, now: Callable[[], datetime]
+    conn: sqlite3.Connection,
+    text: str,
+    f: ReportFilter,
+    devices: list[str] | None,
+    now: Callable[[], datetime],
 ) -> dict[Key, list[tuple[np.ndarray, bool]]]:
+    """The runs of one side by key; ``devices``: the devices a model/device/tag filter selects."""
     where, params = _selector_sql(conn, text, now)
     extra, extra_params = [], []
-    if f.model or f.devices or f.tag:
-        devices = sorted({c[1] for c in _select_cells(conn, f)})
+    if devices is not None:
         if not devices:
             return {}
         extra.append(f"device_id IN ({', '.join('?' * len(devices))})")
@@ -158,63 +164,22 @@ def compare_runs(
     seed: int = 0,
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> Comparison:
-    if int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]) == 0:
-        raise ReportError("the database has no results yet")
-    if min_effect < 0:
-        raise ReportError("--min-effect must be >= 0")
-    base = _load(conn, baseline, filters, now)
-    cand = _load(conn, candidate, filters, now)
-    rows: list[CompareRow] = []
-    for key in sorted(set(base) | set(cand)):
-        b, c = base.get(key), cand.get(key)
-        if not b or not c:
-            only = "only in baseline" if b else "only in candidate"
-            runs = b or c or []
-            med = float(np.median(np.concatenate([s for s, _ in runs]))) if runs else None
-            rows.append(
-                CompareRow(
-                    *key,
-                    len(b or []),
-                    len(c or []),
-                    med if b else None,
-                    med if c else None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    only,
-                    "",
-                )
-            )
-            continue
-        d = bootstrap_median_diff([s for s, _ in b], [s for s, _ in c], iterations=iterations, seed=seed)
-        significant = d.significant and abs(d.rel) >= min_effect
-        if min(len(b), len(c)) < MIN_RUNS_PER_SIDE:
-            # One run per side: the bootstrap sees only the noise inside that run, not the run-to-run
-            # variation (another process start, another warm-up), so a "significant" change may be none.
-            verdict = f"inconclusive (fewer than {MIN_RUNS_PER_SIDE} runs on a side)"
-        elif significant:
-            verdict = "regression" if d.diff_ms > 0 else "improvement"
-        else:
-            verdict = "no significant change"
-        method = (
-            d.method if all(raw for _, raw in b + c) else d.method + ", some runs from recorded quantiles"
-        )
-        rows.append(
-            CompareRow(
-                *key,
-                len(b),
-                len(c),
-                d.baseline_ms,
-                d.candidate_ms,
-                d.diff_ms,
-                d.ci_low_ms,
-                d.ci_high_ms,
-                d.rel,
-                verdict,
-                method,
-            )
-        )
+    """Per device and variant, baseline vs candidate (see the module docstring). Reads only: the cells a
+    model/device/tag filter selects come from the report index and its tail, nothing is refreshed."""
+    with read_snapshot(conn):
+        if int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]) == 0:
+            raise ReportError("the database has no results yet")
+        if min_effect < 0:
+            raise ReportError("--min-effect must be >= 0")
+        devices = None
+        if filters.model or filters.devices or filters.tag:
+            devices = sorted({c[1] for c in select_cells(ReportSource.read(conn), filters)})
+        base = _load(conn, baseline, filters, devices, now)
+        cand = _load(conn, candidate, filters, devices, now)
+    rows = [
+        _compare_key(key, base.get(key), cand.get(key), min_effect, iterations, seed)
+        for key in sorted(set(base) | set(cand))
+    ]
     notes = []
     if any(r.verdict.startswith("inconclusive") for r in rows):
         notes.append(
@@ -224,3 +189,44 @@ def compare_runs(
     if any(len(v) >= MAX_RUNS_PER_SIDE for side in (base, cand) for v in side.values()):
         notes.append(f"at most the {MAX_RUNS_PER_SIDE} latest runs per device and variant are compared")
     return Comparison(baseline, candidate, tuple(rows), min_effect, tuple(notes))
+
+
+def _compare_key(
+    key: Key,
+    b: list[tuple[np.ndarray, bool]] | None,
+    c: list[tuple[np.ndarray, bool]] | None,
+    min_effect: float,
+    iterations: int,
+    seed: int,
+) -> CompareRow:
+    """One device x variant x config: the runs of each side, compared."""
+    if not b or not c:
+        only = "only in baseline" if b else "only in candidate"
+        runs = b or c or []
+        med = float(np.median(np.concatenate([s for s, _ in runs]))) if runs else None
+        return CompareRow(
+            *key,
+            len(b or []),
+            len(c or []),
+            med if b else None,
+            med if c else None,
+            None,
+            None,
+            None,
+            None,
+            only,
+            "",
+        )
+    d = bootstrap_median_diff([s for s, _ in b], [s for s, _ in c], iterations=iterations, seed=seed)
+    significant = d.significant and abs(d.rel) >= min_effect
+    if min(len(b), len(c)) < MIN_RUNS_PER_SIDE:
+        # One run per side: the bootstrap sees only the noise inside that run, not the run-to-run
+        # variation (another process start, another warm-up), so a "significant" change may be none.
+        verdict = f"inconclusive (fewer than {MIN_RUNS_PER_SIDE} runs on a side)"
+    elif significant:
+        verdict = "regression" if d.diff_ms > 0 else "improvement"
+    else:
+        verdict = "no significant change"
+    method = d.method if all(raw for _, raw in b + c) else d.method + ", some runs from recorded quantiles"
+    return CompareRow(*key, len(b), len(c), d.baseline_ms, d.candidate_ms, d.diff_ms, d.ci_low_ms,
+                      d.ci_high_ms, d.rel, verdict, method)  # fmt: skip

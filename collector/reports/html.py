@@ -1,4 +1,9 @@
-"""One self-contained HTML file (inline base64 PNGs from matplotlib, inline CSS, no scripts, no links)."""
+"""One self-contained HTML file (inline base64 PNGs from matplotlib, inline CSS, no scripts, no links).
+
+Drawn from the report objects it is given and nothing else: the :class:`~collector.reports.matrix.Report`
+and, for the board and per-operator sections, :class:`~collector.reports.extras.HtmlExtras` (read from
+the database by :func:`collector.reports.extras.html_extras`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,8 @@ import base64
 import html
 import io
 import sqlite3
+import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 
 import matplotlib
 
@@ -15,12 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from collector.reports.columns import compare_columns, matrix_columns, ops_columns
 from collector.reports.compare import Comparison
-from collector.reports.latency import MatrixRow, Report
+from collector.reports.extras import MAX_DEVICES_PLOTTED, HtmlExtras, html_extras
+from collector.reports.matrix import MatrixRow, Report
 from collector.reports.ops import OpsReport, OpsRow
+from collector.reports.recommend import budget_line, why_recommended
+from collector.reports.source import ReportSource
 from collector.reports.stats import box_stats
 
-MAX_DEVICES_PLOTTED = 12
 _MPL = tuple(int(x) for x in matplotlib.__version__.split(".")[:2])
 BASE, SHIP, OTHER = "#9aa5b1", "#2e9d5b", "#3b6fb6"
 
@@ -226,14 +234,24 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def render_html(report: Report, conn: sqlite3.Connection | None = None) -> str:
-    from collector.reports.render import _summary, matrix_columns
+def render_html(report: Report, extras: HtmlExtras | sqlite3.Connection | None = None) -> str:
+    """The latency report page; with ``extras``, the board and per-operator sections too.
 
+    A connection in place of ``extras`` is read with :func:`collector.reports.extras.html_extras` (a
+    DeprecationWarning: kept for one release for callers of the old signature).
+    """
+    if isinstance(extras, sqlite3.Connection):
+        warnings.warn(
+            "render_html(report, conn) is deprecated: pass html_extras(ReportSource.read(conn), report)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        extras = html_extras(ReportSource.read(extras), report)
     head, body = matrix_columns(report)
     classes = ["ship" if r.recommended else "base" if r.is_baseline else "" for r in report.rows]
     cards = []
     for (device, model), r in sorted(report.recommendations().items()):
-        why = "fp32 baseline" if r.is_baseline else f"{r.speedup:.2f}x faster than fp32" if r.speedup else ""
+        why = why_recommended(r, short=True)
         cards.append(
             f'<div class="card"><div class="dev">{html.escape(device)} · {html.escape(model or "-")}</div>'
             f"<b>{html.escape(r.variant)}</b><div>{r.p50_ms:.3f} ms p50 · {html.escape(why)}</div></div>"
@@ -245,7 +263,8 @@ def render_html(report: Report, conn: sqlite3.Connection | None = None) -> str:
         "in the "
         f"database · {len(report.rows)} device x variant rows</div>",
         f'<div class="cards">{"".join(cards)}</div>',
-        "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in _summary(report)[len(cards) :]) + "</ul>",
+        "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in (budget_line(report), *report.notes)),
+        "</ul>",
         "<h2>Before vs after: fp32 vs each variant</h2>",
         *(before_after(d, rows) for d, rows in devices.items()),
         "<h2>Latency distribution per device and variant</h2>",
@@ -253,16 +272,12 @@ def render_html(report: Report, conn: sqlite3.Connection | None = None) -> str:
         "<h2>Size vs latency (Pareto) per device</h2>",
         *(pareto(d, rows) for d, rows in devices.items()),
     ]
-    if conn is not None:
-        from collector.reports.latency import board_series
-
-        series = board_series(conn, [r for rows in devices.values() for r in rows])
-        plots = [p for p in (board_plot(d, s) for d, s in series.items()) if p]
+    if extras is not None:
+        plots = [p for p in (board_plot(d, s) for d, s in extras.board.items()) if p]
         parts.append("<h2>Board temperature and clock over the run</h2>")
         parts += plots or ['<p class="note">no board samples recorded</p>']
-        from collector.reports.ops import ops_report
-
-        parts += ops_section(ops_report(conn, replace(report.filters, batch=None)))
+        if extras.ops is not None:
+            parts += ops_section(extras.ops)
     parts += ["<h2>All figures</h2>", _table(head, body, classes)]
     if len(set(r.device_id for r in report.rows)) > MAX_DEVICES_PLOTTED:
         parts.append(
@@ -272,8 +287,6 @@ def render_html(report: Report, conn: sqlite3.Connection | None = None) -> str:
 
 
 def render_comparison_html(cmp: Comparison) -> str:
-    from collector.reports.render import compare_columns
-
     head, body = compare_columns(cmp)
     classes = [
         "reg" if r.verdict == "regression" else "imp" if r.verdict == "improvement" else "" for r in cmp.rows
@@ -340,8 +353,6 @@ def ops_plot(device: str, rows: list[OpsRow], top: int, colors: dict[str, tuple[
 
 
 def ops_section(report: OpsReport, top: int = 6) -> list[str]:
-    from collector.reports.render import ops_columns
-
     if not report.rows:
         return []
     by_device: dict[str, list[OpsRow]] = {}

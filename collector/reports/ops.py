@@ -9,7 +9,8 @@ nodes each provider ran in the latest run.
 
 Profiles live in the stored record JSON (``results.record``); ``results.profile_ops`` (migration 4,
 with a partial index on the rows that have one) finds those rows without touching the others, so the
-report costs the same on a million results as on a hundred.
+report costs the same on a million results as on a hundred. A database from before migration 4 is read
+as it is (nothing migrated), finding the profiled rows by migration 4's own test on the record.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from collector.reports.latency import ReportFilter, resolve_devices
+from collector.reports.query import ReportFilter, resolve_devices
+from collector.reports.source import has_column
 from collector.store.report_index import ReportError
 
 __all__ = ["OpTypeShare", "OpsReport", "OpsRow", "ops_report"]
@@ -57,9 +59,14 @@ class OpsReport:
     profiled_runs: int
 
 
+_PROFILED_V3 = "instr(record, '\"profile\":[{') > 0"
+
+
 def _where(conn: sqlite3.Connection, f: ReportFilter) -> tuple[str, list[object]]:
     devices = resolve_devices(conn, f)
-    where, params = ["profile_ops > 0", "status = 'ok'"], []  # the partial index of migration 4
+    # The partial index of migration 4; before it, the test migration 4 fills the column with.
+    profiled = "profile_ops > 0" if has_column(conn, "results", "profile_ops") else _PROFILED_V3
+    where, params = [profiled, "status = 'ok'"], []
     if f.model is not None:
         where.append("model = ?")
         params.append(f.model)

@@ -3,8 +3,9 @@
 ``results`` rows carry the full JSON record and are several KB each, so scanning a million of them
 for a report would read gigabytes. :func:`refresh_index` brings ``report_cells`` / ``report_runs`` up
 to date with ``results`` incrementally (by rowid high-water mark, reconciled by count), parsing each
-record's raw samples once into a sparse histogram. Reports call it first; the ingest writer may call
-it after each commit so that reports never pay for a backlog.
+record's raw samples once into a sparse histogram (:mod:`collector.store.histograms`). The ingest writer
+calls it while the stream is idle so that reports never pay for a backlog; a report that must not write
+(a read-only connection) reads the index plus :func:`read_tail`, the same rows computed in memory.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from collector.reports.stats import encode_hist, merge_blobs, synthetic_samples
+from collector.store.histograms import encode_hist, merge_blobs, synthetic_samples
 from wire.errors import EdgebenchError
 
 
@@ -30,6 +32,7 @@ _SELECT = """SELECT rowid, result_id, device_id, model, variant, artifact_name, 
   energy_j_per_inference, energy_method, accuracy_delta,
   json_extract(record, '$.latency.samples_ms')
 FROM results"""
+
 
 _INSERT_RUN = """INSERT OR IGNORE INTO report_runs (cell_id, finished_at, result_id, status, job_id, n,
   p50_ms,  p50_ci_low_ms, p50_ci_high_ms, peak_mb, energy_j, energy_method, accuracy_delta, raw, hist)
@@ -78,6 +81,35 @@ def run_hist(row: tuple[Any, ...]) -> tuple[int, bytes | None]:
     return 0, encode_hist(synth, weight_to=n)
 
 
+CELL_COLUMNS = (
+    "device_id, model, variant, artifact_name, artifact_sha256, format, precision, size_bytes, runtime, "
+    "threads, batch"
+)
+RUN_COLUMNS = (
+    "cell_id, finished_at, result_id, status, job_id, n, p50_ms, p50_ci_low_ms, p50_ci_high_ms, peak_mb, "
+    "energy_j, energy_method, accuracy_delta, raw, hist"
+)
+
+
+def cell_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The UNIQUE key of ``report_cells`` (device, artifact, runtime, threads, batch) of a selected row."""
+    return (row[2], row[6], row[10], row[11], row[12])
+
+
+def cell_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The ``report_cells`` row (:data:`CELL_COLUMNS`) of one selected results row."""
+    return (row[2], row[3] or "", row[4] or "", row[5], row[6], row[7], row[8], row[9], row[10], row[11],
+            row[12])  # fmt: skip
+
+
+def run_values(cell_id: int, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The ``report_runs`` row (:data:`RUN_COLUMNS`) of one selected results row in cell ``cell_id``."""
+    raw, hist = run_hist(row)
+    peaks = [v for v in (row[24], row[25]) if v is not None]
+    return (cell_id, row[15], row[1], row[13], row[14], row[16], row[18], row[19], row[20],
+            max(peaks) if peaks else None, row[26], row[27], row[28], raw, hist)  # fmt: skip
+
+
 class _Indexer:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -90,55 +122,18 @@ class _Indexer:
         }
 
     def cell(self, row: tuple[Any, ...]) -> int:
-        key = (row[2], row[6], row[10], row[11], row[12])
+        key = cell_key(row)
         cid = self.cells.get(key)
         if cid is None:
             cur = self.conn.execute(
-                "INSERT INTO report_cells (device_id, model, variant, artifact_name, artifact_sha256, "
-                "format, "
-                "precision, size_bytes, runtime, threads, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row[2],
-                    row[3] or "",
-                    row[4] or "",
-                    row[5],
-                    row[6],
-                    row[7],
-                    row[8],
-                    row[9],
-                    row[10],
-                    row[11],
-                    row[12],
-                ),
+                f"INSERT INTO report_cells ({CELL_COLUMNS}) VALUES ({', '.join('?' * 11)})", cell_values(row)
             )
             cid = int(cur.lastrowid or 0)
             self.cells[key] = cid
         return cid
 
     def add(self, rows: list[tuple[Any, ...]]) -> int:
-        out = []
-        for row in rows:
-            raw, hist = run_hist(row)
-            peaks = [v for v in (row[24], row[25]) if v is not None]
-            out.append(
-                (
-                    self.cell(row),
-                    row[15],
-                    row[1],
-                    row[13],
-                    row[14],
-                    row[16],
-                    row[18],
-                    row[19],
-                    row[20],
-                    max(peaks) if peaks else None,
-                    row[26],
-                    row[27],
-                    row[28],
-                    raw,
-                    hist,
-                )
-            )
+        out = [run_values(self.cell(row), row) for row in rows]
         new = 0
         for run in out:  # one by one: only rows really inserted go into the daily rollup
             cur = self.conn.execute(_INSERT_RUN, run)
@@ -291,3 +286,70 @@ def _reconcile(conn: sqlite3.Connection, indexer: _Indexer) -> int:
             int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM results").fetchone()[0]),
         )
     return added
+
+
+INDEX_TABLES = frozenset({"report_cells", "report_runs", "report_meta", "report_daily"})
+
+
+@dataclass(frozen=True)
+class IndexTail:
+    """What :func:`refresh_index` would add, computed in memory: nothing is written.
+
+    ``indexed`` is False when the stored index cannot be used as it is (its tables are missing: a
+    database from before migration 2, or from an early migration 2 without the daily rollup; or results
+    were deleted or renumbered since it was built, which only a refresh reconciles). Then every result
+    is in the tail and the stored index is to be ignored: slower, same figures.
+    """
+
+    indexed: bool
+    cells: tuple[tuple[Any, ...], ...]  # (cell_id, *CELL_COLUMNS) of the cells not in report_cells
+    runs: tuple[tuple[Any, ...], ...]  # RUN_COLUMNS rows of the results not indexed yet
+
+
+def index_usable(conn: sqlite3.Connection) -> bool:
+    """Whether the database has every report index table (read only: nothing is created)."""
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return names >= INDEX_TABLES
+
+
+def read_tail(conn: sqlite3.Connection, *, batch: int = 5000) -> IndexTail:
+    """The results not indexed yet as index rows, without writing (works on a ``mode=ro`` connection).
+
+    Mirrors :func:`refresh_index`: nothing when the index counts every result; else the rows past the
+    rowid high-water mark; and when the counts still disagree, every result (the index is ignored).
+    Call it inside the read transaction the report reads the index in, so both see one snapshot.
+    """
+    total = int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+    indexed = index_usable(conn)
+    if indexed and total == _meta(conn, "indexed"):
+        return IndexTail(True, (), ())
+    if indexed:
+        hwm = _meta(conn, "results_rowid")
+        behind = int(conn.execute("SELECT COUNT(*) FROM results WHERE rowid > ?", (hwm,)).fetchone()[0])
+        indexed = _meta(conn, "indexed") + behind == total
+    if not indexed:
+        hwm = 0
+    cells: dict[tuple[Any, ...], int] = {}
+    next_id = 1
+    if indexed:
+        for cid, *key in conn.execute(
+            "SELECT cell_id, device_id, artifact_sha256, runtime, threads, batch FROM report_cells"
+        ):
+            cells[tuple(key)] = cid
+            next_id = max(next_id, cid + 1)
+    new_cells: list[tuple[Any, ...]] = []
+    runs: list[tuple[Any, ...]] = []
+    while True:
+        rows = conn.execute(f"{_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?", (hwm, batch)).fetchall()
+        if not rows:
+            break
+        for row in rows:
+            key = cell_key(row)
+            cid = cells.get(key)
+            if cid is None:
+                cid = cells[key] = next_id
+                next_id += 1
+                new_cells.append((cid, *cell_values(row)))
+            runs.append(run_values(cid, row))
+        hwm = int(rows[-1][0])
+    return IndexTail(indexed, tuple(new_cells), tuple(runs))
