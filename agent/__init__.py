@@ -2,4 +2,6 @@
 runtime (onnxruntime or LiteRT), imported lazily. Never imports onnx, torch, tensorflow or the
 collector/converter packages."""
 
-__version__ = "0.1.0"
+from wire import __version__
+
+__all__ = ["__version__"]

@@ -11,14 +11,14 @@ import importlib.util
 
 import click
 
-from agent import __version__
+from wire import __version__
 
 # name -> (module:attribute, extra that provides its dependencies)
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("agent.measure.cli:bench", "agent"),
     "agent": ("agent.service.cli:agent_group", "agent"),
     "keys": ("agent.service.cli:keys_group", "agent"),
-    "collector": ("collector.ingest.cli:collector_group", "collector"),
+    "collector": ("collector.service.cli:collector_group", "collector"),
     "fleet": ("collector.fleet.cli:fleet_group", "collector"),
     "report": ("collector.reports.cli:report_group", "collector"),
     "convert": ("converter.cli:convert", "converter"),

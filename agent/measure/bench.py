@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import BenchError
+from agent.measure.records import build_record, failed_record
 from wire.artifacts import ArtifactError, artifact_info, placeholder_artifact
 from wire.codec import encode
 from wire.schema import ArtifactInfo, BenchSettings, DeviceInfo, ProtocolSettings, ResultRecord, utc_now
@@ -192,8 +193,6 @@ def run_benchmark(
 ) -> list[ResultRecord]:
     """Benchmark one model file: one ResultRecord per (threads, batch) configuration. Never raises for a
     bad model or input (status "failed"); a set ``cancel`` gives status "aborted" for what is left."""
-    from agent.measure.records import build_record, failed_record
-
     model_path = Path(model_path)
     started = utc_now()
     configs = options.configurations()

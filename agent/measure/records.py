@@ -1,8 +1,13 @@
-"""Outcomes of agent.measure.worker (one per repeat) -> the wire's ResultRecord."""
+"""Outcomes of agent.measure.worker (one per repeat) -> the wire's ResultRecord.
+
+The options come in as :class:`RecordOptions`, the four fields a record reports, so that this module does
+not import agent.measure.bench (which imports it: no cycle). ``BenchOptions`` is one.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from agent.measure.runtimes import runtime_name
 from agent.measure.stats import NS_PER_MS, median, summarize
@@ -16,18 +21,32 @@ from wire.schema import (
     EnergyStats,
     MemoryStats,
     OpProfile,
+    ProtocolSettings,
     ResultRecord,
     RunConfig,
     new_id,
     utc_now,
 )
 
-if TYPE_CHECKING:
-    from agent.measure.bench import BenchOptions
+
+class RecordOptions(Protocol):
+    """What a record says about the options it was measured with."""
+
+    @property
+    def protocol(self) -> ProtocolSettings: ...
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    @property
+    def inputs(self) -> Path | None: ...
+
+    @property
+    def isolate(self) -> bool: ...
 
 
 def _config(
-    options: BenchOptions,
+    options: RecordOptions,
     threads: int,
     batch: int,
     outcome: dict[str, Any] | None,
@@ -58,7 +77,7 @@ def _config(
 def failed_record(
     device: DeviceInfo,
     artifact: ArtifactInfo,
-    options: BenchOptions,
+    options: RecordOptions,
     threads: int,
     batch: int,
     started: str,
@@ -134,7 +153,7 @@ def _merge_energy(energies: list[EnergyStats], counts: list[int]) -> EnergyStats
 def build_record(
     device: DeviceInfo,
     artifact: ArtifactInfo,
-    options: BenchOptions,
+    options: RecordOptions,
     threads: int,
     batch: int,
     started: str,
