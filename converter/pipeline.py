@@ -180,24 +180,63 @@ def convert(
     val_data: Dataset = load_dataset(val, specs).take(max_val)
     ref_path = out / "fp32.onnx"
     shutil.copyfile(base.onnx, ref_path)
+    run = _Run(out, work, display, val_data, reference_outputs(ref_path, val_data), max_accuracy_drop, log)
     base = passes.Model(ref_path, base.torch, "fp32")
-    ref_out = reference_outputs(ref_path, val_data)
+    ctx = passes.Context(
+        base, calib_data, val_data, out, work, max_accuracy_drop, run.ref_out, log, run.drop_of
+    )
+    log("[fp32] reference")
+    reference = run.record("fp32", ref_path, "onnx", "fp32", ())
+    run.source = SourceInfo(
+        name=display,
+        path=str(model),
+        sha256=file_sha256(Path(model)) if src_format == "onnx" else reference.sha256,
+        format=src_format,
+    )
+    for i, step in enumerate(steps, 1):
+        log(f"[{i}/{len(steps)}] {step.name} ({step.pass_name})")
+        run.step(ctx, base, step)
+        run.save()
+    _time_artifacts(run.artifacts, out, val_data, latency_budget_s, latency_rounds, log)
+    reference = next(a for a in run.artifacts if a.name == "fp32")
+    path, manifest = run.save()
+    shutil.rmtree(work, ignore_errors=True)
+    return ConvertResult(path, manifest, reference, run.memory, run.notes)
 
-    def drop_of(path: Path) -> float:
-        m, _ = measure(path, ref_out, val_data)
+
+class _Run:
+    """One conversion's state: the artifacts made so far (each checked against the fp32 outputs), the
+    models later steps chain from, and manifest.json written after every step."""
+
+    def __init__(
+        self,
+        out: Path,
+        work: Path,
+        display: str,
+        val_data: Dataset,
+        ref_out: Any,
+        max_accuracy_drop: float,
+        log: Callable[[str], None],
+    ) -> None:
+        self.out, self.work, self.display, self.log = out, work, display, log
+        self.val_data, self.ref_out, self.max_accuracy_drop = val_data, ref_out, max_accuracy_drop
+        self.source: SourceInfo | None = None
+        self.artifacts: list[ManifestArtifact] = []
+        self.memory: dict[str, float | None] = {}
+        self.notes: dict[str, tuple[str, ...]] = {}
+        self.bases: dict[str, passes.Model] = {}
+        self.chains: dict[str, tuple[PassRecord, ...]] = {}
+
+    def drop_of(self, path: Path) -> float:
+        m, _ = measure(path, self.ref_out, self.val_data)
         return accuracy_drop(m.fidelity)
 
-    ctx = passes.Context(base, calib_data, val_data, out, work, max_accuracy_drop, ref_out, log, drop_of)
-    artifacts: list[ManifestArtifact] = []
-    memory: dict[str, float | None] = {}
-    notes: dict[str, tuple[str, ...]] = {}
-
     def record(
-        name: str, path: Path, fmt: str, precision: str, pass_records: tuple[PassRecord, ...]
+        self, name: str, path: Path, fmt: str, precision: str, pass_records: tuple[PassRecord, ...]
     ) -> ManifestArtifact:
-        with silenced(work / "measure.log"):
-            m, _ = measure(path, ref_out, val_data)  # latency: timed at the end, interleaved
-        memory[name] = m.memory_mb
+        with silenced(self.work / "measure.log"):
+            m, _ = measure(path, self.ref_out, self.val_data)  # latency: timed at the end, interleaved
+        self.memory[name] = m.memory_mb
         art = ManifestArtifact(
             name=name,
             file=path.name,
@@ -207,97 +246,84 @@ def convert(
             format=fmt,
             precision=precision,
             variant=name,
-            model=display,
+            model=self.display,
             passes=pass_records,
             fidelity=m.fidelity,
             host_peak_mb=m.memory_mb,
         )
-        artifacts.append(art)
+        self.artifacts.append(art)
         return art
 
-    log("[fp32] reference")
-    reference = record("fp32", ref_path, "onnx", "fp32", ())
-    source_info = SourceInfo(
-        name=display,
-        path=str(model),
-        sha256=file_sha256(Path(model)) if src_format == "onnx" else reference.sha256,
-        format=src_format,
-    )
-
-    def save() -> tuple[Path, Manifest]:
+    def save(self) -> tuple[Path, Manifest]:
         """Written after every step, so an interrupted run keeps its partial results."""
+        assert self.source is not None
+        val = self.val_data
         manifest = Manifest(
             created_at=utc_now(),
-            source=source_info,
-            validation=ValidationInfo(
-                dataset=val_data.name, n=val_data.n, has_labels=val_data.labels is not None
-            ),
-            max_accuracy_drop=max_accuracy_drop,
-            artifacts=tuple(artifacts),
-            recommended=recommend(artifacts, max_accuracy_drop),
+            source=self.source,
+            validation=ValidationInfo(dataset=val.name, n=val.n, has_labels=val.labels is not None),
+            max_accuracy_drop=self.max_accuracy_drop,
+            artifacts=tuple(self.artifacts),
+            recommended=recommend(self.artifacts, self.max_accuracy_drop),
         )
-        return write_manifest(manifest, out / "manifest.json"), manifest
+        return write_manifest(manifest, self.out / "manifest.json"), manifest
 
-    bases: dict[str, passes.Model] = {}
-    chains: dict[str, tuple[PassRecord, ...]] = {}
-    for i, step in enumerate(steps, 1):
+    def step(self, ctx: passes.Context, base: passes.Model, step: Step) -> None:
+        """Run one recipe step; a failing pass is recorded as a failed artifact and the others go on."""
         t0 = time.perf_counter()
-        log(f"[{i}/{len(steps)}] {step.name} ({step.pass_name})")
-        start = bases[step.source] if step.source else base
-        prior = chains.get(step.source, ()) if step.source else ()
+        prior = self.chains.get(step.source, ()) if step.source else ()
         pass_records = (*prior, PassRecord(step.pass_name, passes.params_dict(step.params)))
         try:
-            if step.source and step.source not in bases:
+            if step.source and step.source not in self.bases:
                 raise ConvertError(f"step {step.source!r} produced no model to continue from")
-            spec = passes.get(step.pass_name)
-            buffered: list[str] = []
-            ctx.log = buffered.append
-            try:
-                with silenced(work / "passes.log"):
-                    output = spec.run(ctx, start, step.params, step.name)
-            finally:
-                ctx.log = log
-                for line in buffered:
-                    log(line)
+            output = self._run_pass(ctx, self.bases[step.source] if step.source else base, step)
             if output.model is not None:
                 output.model.label = step.name
-                bases[step.name] = output.model
-                chains[step.name] = pass_records
-            notes[step.name] = output.notes
-            art = record(step.name, output.path, output.format, output.precision, pass_records)
+                self.bases[step.name] = output.model
+                self.chains[step.name] = pass_records
+            self.notes[step.name] = output.notes
+            art = self.record(step.name, output.path, output.format, output.precision, pass_records)
             for note in output.notes:
-                log(f"    {note}")
-            log(
+                self.log(f"    {note}")
+            self.log(
                 f"    ok in {time.perf_counter() - t0:.1f}s: {art.size_bytes / 1e6:.2f} MB, "
                 f"drop {accuracy_drop(art.fidelity):.2f} pt"
             )
         except Exception as exc:  # a failing pass is reported and the others continue
             reason = str(exc) if isinstance(exc, ConvertError) else f"{type(exc).__name__}: {exc}"
             reason = (reason.strip().splitlines() or ["failed"])[0][:400]
-            log(f"    FAILED: {reason}")
-            artifacts.append(
-                ManifestArtifact(
-                    name=step.name,
-                    file="",
-                    sha256="",
-                    size_bytes=0,
-                    gzip_bytes=0,
-                    format="tflite" if step.pass_name.startswith("tflite") else "onnx",
-                    precision="",
-                    variant=step.name,
-                    model=display,
-                    passes=pass_records,
-                    fidelity=Fidelity(),
-                    status="failed",
-                    error=reason,
-                )
-            )
-        save()
-    _time_artifacts(artifacts, out, val_data, latency_budget_s, latency_rounds, log)
-    reference = next(a for a in artifacts if a.name == "fp32")
-    path, manifest = save()
-    shutil.rmtree(work, ignore_errors=True)
-    return ConvertResult(path, manifest, reference, memory, notes)
+            self.log(f"    FAILED: {reason}")
+            self.artifacts.append(self._failed(step, pass_records, reason))
+
+    def _run_pass(self, ctx: passes.Context, start: passes.Model, step: Step) -> Any:
+        """The pass's own log lines are shown after it ends (its C++ chatter goes to passes.log)."""
+        spec = passes.get(step.pass_name)
+        buffered: list[str] = []
+        ctx.log = buffered.append
+        try:
+            with silenced(self.work / "passes.log"):
+                return spec.run(ctx, start, step.params, step.name)
+        finally:
+            ctx.log = self.log
+            for line in buffered:
+                self.log(line)
+
+    def _failed(self, step: Step, pass_records: tuple[PassRecord, ...], reason: str) -> ManifestArtifact:
+        return ManifestArtifact(
+            name=step.name,
+            file="",
+            sha256="",
+            size_bytes=0,
+            gzip_bytes=0,
+            format="tflite" if step.pass_name.startswith("tflite") else "onnx",
+            precision="",
+            variant=step.name,
+            model=self.display,
+            passes=pass_records,
+            fidelity=Fidelity(),
+            status="failed",
+            error=reason,
+        )
 
 
 def _time_artifacts(

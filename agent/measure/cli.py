@@ -9,7 +9,7 @@ import click
 
 from agent.measure.bench import BenchOptions, run_benchmark
 from wire.errors import EdgebenchError
-from wire.schema import ResultRecord
+from wire.schema import BoardState, CpuStats, EnergyStats, MemoryStats, OpProfile, ResultRecord
 
 
 def _int_list(text: str | None, what: str) -> tuple[int, ...]:
@@ -46,121 +46,134 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+_MODEL_COLUMNS = (
+    "threads",
+    "batch",
+    "p50 ms",
+    "95% CI",
+    "p90",
+    "p99",
+    "mean±std",
+    "CV",
+    "n",
+    "items/s",
+    "load ms",
+    "1st ms",
+    "peak MB",
+    "verdict",
+)
+
+
 def format_model(records: list[ResultRecord]) -> str:
-    r0 = records[0]
-    a = r0.artifact
+    """One model's records: a header line, a row per configuration, notes from the first ok record."""
+    a = records[0].artifact
     head = f"{a.name}  ({a.format}, {a.precision}, {a.size_bytes / 1e6:.3f} MB, sha256 {a.sha256[:12]})"
-    rows = [
-        [
-            "threads",
-            "batch",
-            "p50 ms",
-            "95% CI",
-            "p90",
-            "p99",
-            "mean±std",
-            "CV",
-            "n",
-            "items/s",
-            "load ms",
-            "1st ms",
-            "peak MB",
-            "verdict",
-        ]
-    ]
-    notes = []
-    for r in records:
-        if r.status != "ok" or r.latency is None:
-            rows.append(
-                [
-                    str(r.config.threads or "def"),
-                    str(r.config.batch),
-                    r.status.upper(),
-                    *["-"] * 10,
-                    r.error or "",
-                ]
-            )
-            continue
-        s = r.latency
-        ci = f"{_ms(s.p50_ci_low_ms)}-{_ms(s.p50_ci_high_ms)}" if s.p50_ci_low_ms is not None else "-"
-        mem = r.memory.inference_peak_mb if r.memory else None
-        rows.append(
-            [
-                str(r.config.threads or "def"),
-                str(r.config.batch),
-                _ms(s.p50_ms),
-                ci,
-                _ms(s.p90_ms),
-                _ms(s.p99_ms),
-                f"{_ms(s.mean_ms)}±{_ms(s.std_ms)}",
-                f"{s.cv * 100:.1f}%",
-                str(s.n),
-                f"{s.throughput_ips:.1f}",
-                _ms(r.cold_start.load_ms if r.cold_start else None),
-                _ms(r.cold_start.first_inference_ms if r.cold_start else None),
-                _f(mem, 1),
-                s.verdict,
-            ]
-        )
+    rows = [list(_MODEL_COLUMNS), *(_config_row(r) for r in records)]
     ok = [r for r in records if r.status == "ok"]
-    if ok:
-        r = ok[0]
-        b, e = r.board, r.energy
-        runtime = f"{r.config.runtime} {r.config.runtime_version}"
-        notes.append(
-            f"runtime: {runtime}; inputs {r.config.input_source} "
-            + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in r.config.input_shapes.items())
-        )
-        if r.memory:
-            m = r.memory
-            notes.append(
-                f"memory ({m.method}): baseline {_f(m.baseline_rss_mb, 1)} MB, runtime import "
-                f"{_f(m.after_import_rss_mb, 1)}, load peak {_f(m.load_peak_mb, 1)}, inference peak "
-                f"{_f(m.inference_peak_mb, 1)}, anon/file {_f(m.rss_anon_mb, 1)}/{_f(m.rss_file_mb, 1)}, "
-                f"growth {_f(m.growth_mb, 2)} MB"
-            )
-        if b:
-            temp = (
-                f"temp {_f(b.temp_start_c, 1)}->{_f(b.temp_end_c, 1)} C "
-                f"(max {_f(b.temp_max_c, 1)}, {b.temp_method})"
-                if b.temp_start_c is not None
-                else "temp unavailable"
-            )
-            freq = (
-                f"freq {_f(b.freq_start_mhz, 0)}->{_f(b.freq_end_mhz, 0)} MHz (max {_f(b.freq_max_mhz, 0)}, "
-                f"{b.governor or '-'})"
-                if b.freq_start_mhz is not None
-                else "cpufreq unavailable"
-            )
-            throttled = (
-                "unavailable" if b.throttled_now is None else f"{b.throttled_now} (0x{b.throttled_bits:x})"
-            )
-            notes.append(
-                f"board: {temp}; {freq}; throttled {throttled}; "
-                f"PSI cpu some avg10 {_f(b.psi_cpu_some_avg10, 2)}; steal {_f(b.steal_pct, 2)}%"
-            )
-        if e:
-            energy = (
-                "unavailable (no sensor)"
-                if e.method == "unavailable"
-                else (
-                    f"{_f(e.joules_per_inference and e.joules_per_inference * 1000, 4)} mJ/inference, "
-                    f"{_f(e.avg_power_w, 2)} W avg ({e.method})"
-                )
-            )
-            notes.append(
-                f"energy: {energy}; CPU {_f(r.cpu.cpu_s_per_inference * 1000 if r.cpu else None, 4)} "
-                "ms CPU per inference"
-            )
-        if r.profile:
-            top = ", ".join(
-                f"{p.node} {p.op_type} {p.share * 100:.0f}% {p.mean_ms:.3f} ms"
-                if p.mean_ms
-                else f"{p.op_type}->{p.provider}"
-                for p in r.profile[:8]
-            )
-            notes.append(f"ops: {top}")
+    notes = _notes(ok[0]) if ok else []
     return "\n".join([head, _table(rows), *("  " + n for n in notes)])
+
+
+def _config_row(r: ResultRecord) -> list[str]:
+    """One configuration's row of the model table; a failed one shows its status and error."""
+    if r.status != "ok" or r.latency is None:
+        return [
+            str(r.config.threads or "def"),
+            str(r.config.batch),
+            r.status.upper(),
+            *["-"] * 10,
+            r.error or "",
+        ]
+    s = r.latency
+    ci = f"{_ms(s.p50_ci_low_ms)}-{_ms(s.p50_ci_high_ms)}" if s.p50_ci_low_ms is not None else "-"
+    mem = r.memory.inference_peak_mb if r.memory else None
+    return [
+        str(r.config.threads or "def"),
+        str(r.config.batch),
+        _ms(s.p50_ms),
+        ci,
+        _ms(s.p90_ms),
+        _ms(s.p99_ms),
+        f"{_ms(s.mean_ms)}±{_ms(s.std_ms)}",
+        f"{s.cv * 100:.1f}%",
+        str(s.n),
+        f"{s.throughput_ips:.1f}",
+        _ms(r.cold_start.load_ms if r.cold_start else None),
+        _ms(r.cold_start.first_inference_ms if r.cold_start else None),
+        _f(mem, 1),
+        s.verdict,
+    ]
+
+
+def _notes(r: ResultRecord) -> list[str]:
+    """Runtime, memory, board, energy and operator notes of one ok record (those it has)."""
+    runtime = f"{r.config.runtime} {r.config.runtime_version}"
+    notes = [
+        f"runtime: {runtime}; inputs {r.config.input_source} "
+        + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in r.config.input_shapes.items())
+    ]
+    if r.memory:
+        notes.append(_memory_note(r.memory))
+    if r.board:
+        notes.append(_board_note(r.board))
+    if r.energy:
+        notes.append(_energy_note(r.energy, r.cpu))
+    if r.profile:
+        notes.append(_ops_note(r.profile))
+    return notes
+
+
+def _memory_note(m: MemoryStats) -> str:
+    return (
+        f"memory ({m.method}): baseline {_f(m.baseline_rss_mb, 1)} MB, runtime import "
+        f"{_f(m.after_import_rss_mb, 1)}, load peak {_f(m.load_peak_mb, 1)}, inference peak "
+        f"{_f(m.inference_peak_mb, 1)}, anon/file {_f(m.rss_anon_mb, 1)}/{_f(m.rss_file_mb, 1)}, "
+        f"growth {_f(m.growth_mb, 2)} MB"
+    )
+
+
+def _board_note(b: BoardState) -> str:
+    temp = (
+        f"temp {_f(b.temp_start_c, 1)}->{_f(b.temp_end_c, 1)} C (max {_f(b.temp_max_c, 1)}, {b.temp_method})"
+        if b.temp_start_c is not None
+        else "temp unavailable"
+    )
+    freq = (
+        f"freq {_f(b.freq_start_mhz, 0)}->{_f(b.freq_end_mhz, 0)} MHz (max {_f(b.freq_max_mhz, 0)}, "
+        f"{b.governor or '-'})"
+        if b.freq_start_mhz is not None
+        else "cpufreq unavailable"
+    )
+    throttled = "unavailable" if b.throttled_now is None else f"{b.throttled_now} (0x{b.throttled_bits:x})"
+    return (
+        f"board: {temp}; {freq}; throttled {throttled}; "
+        f"PSI cpu some avg10 {_f(b.psi_cpu_some_avg10, 2)}; steal {_f(b.steal_pct, 2)}%"
+    )
+
+
+def _energy_note(e: EnergyStats, cpu: CpuStats | None) -> str:
+    energy = (
+        "unavailable (no sensor)"
+        if e.method == "unavailable"
+        else (
+            f"{_f(e.joules_per_inference and e.joules_per_inference * 1000, 4)} mJ/inference, "
+            f"{_f(e.avg_power_w, 2)} W avg ({e.method})"
+        )
+    )
+    return (
+        f"energy: {energy}; CPU {_f(cpu.cpu_s_per_inference * 1000 if cpu else None, 4)} ms CPU per inference"
+    )
+
+
+def _ops_note(profile: tuple[OpProfile, ...]) -> str:
+    """The first 8 operators of the profile: share and mean time, or where a delegated op ran."""
+    top = ", ".join(
+        f"{p.node} {p.op_type} {p.share * 100:.0f}% {p.mean_ms:.3f} ms"
+        if p.mean_ms
+        else f"{p.op_type}->{p.provider}"
+        for p in profile[:8]
+    )
+    return f"ops: {top}"
 
 
 def format_comparison(groups: list[list[ResultRecord]]) -> str:

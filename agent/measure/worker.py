@@ -16,9 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.probes.memory import MemoryProbe
+
+if TYPE_CHECKING:
+    from agent.measure.runtimes import Session
+    from wire.schema import ProtocolSettings
 
 
 def measure(
@@ -57,19 +61,54 @@ def _measure(
     mem: MemoryProbe,
     out: dict[str, Any],
 ) -> None:
-    from agent.errors import BenchError
-    from agent.measure.inputs import make_inputs
-    from agent.measure.protocol import timed, warmup
-    from agent.measure.runtimes import import_runtime, one_line, open_session
-    from agent.probes.board import BoardProbe, BoardSampler, board_state
-    from agent.probes.energy import EnergyMeter
-    from wire.artifacts import check_model_file, model_format
+    """The phases in order (load, first inference, warmup, timed runs, profile), filling ``out``."""
+    # Every module the phases use is loaded here, before the "after_import" memory mark (as it always
+    # was); the phase helpers import their names again, which then costs a dict lookup.
+    import agent.errors
+    import agent.measure.inputs
+    import agent.measure.protocol
+    import agent.measure.runtimes
+    import agent.probes.board
+    import agent.probes.energy  # noqa: F401
+    from agent.measure.protocol import warmup
+    from wire.artifacts import check_model_file
     from wire.codec import decode, encode
-    from wire.schema import CpuStats, ProtocolSettings
+    from wire.schema import ProtocolSettings
 
     model = check_model_file(spec["model"])
     settings = decode(ProtocolSettings, spec.get("protocol", {}))
     threads = int(spec.get("threads", 0))
+    session = _load(model, threads, spec, clock, mem, out)
+    feeds = _make_feeds(session, spec, out)
+    step = _first_inference(model, session, feeds, clock, mem, out)
+
+    wu = warmup(step, settings, clock, cancel)
+    out["warmup_ns"], out["warmup_stable"] = list(wu.samples_ns), wu.stable
+    if wu.aborted:
+        out["aborted"] = True
+        return
+    mem.mark("after_warmup")
+
+    _timed_runs(step, settings, spec, clock, cancel, out)
+    mem.mark("inference_peak")
+    mem.mark("end")
+    out["memory"] = encode(mem.stats(fresh_process))
+    if spec.get("profile_ops"):
+        out["profile"] = _profile_ops(model, threads, session, feeds, spec)
+
+
+def _load(
+    model: Path,
+    threads: int,
+    spec: dict[str, Any],
+    clock: Callable[[], int],
+    mem: MemoryProbe,
+    out: dict[str, Any],
+) -> Session:
+    """Import the runtime (memory mark "after_import"), then open the session ("load_peak")."""
+    from agent.measure.runtimes import import_runtime, open_session
+    from wire.artifacts import model_format
+
     import_runtime(model_format(model))
     import numpy  # noqa: F401  (part of "after runtime import")
 
@@ -80,6 +119,13 @@ def _measure(
     out["load_ms"] = (clock() - t0) / 1e6
     mem.mark("load_peak")
     out.update(runtime=session.runtime, runtime_version=session.version, options=session.options)
+    return session
+
+
+def _make_feeds(session: Session, spec: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """The model's inputs: from the spec's .npy/.npz data, else random (seeded), at the spec's shapes."""
+    from agent.measure.inputs import make_inputs
+
     data = Path(spec["inputs"]) if spec.get("inputs") else None
     shapes = {k: tuple(v) for k, v in (spec.get("shapes") or {}).items()}
     feeds = make_inputs(
@@ -91,6 +137,21 @@ def _measure(
     )
     out["input_shapes"] = {k: list(v.shape) for k, v in feeds.items()}
     out["input_source"] = data.name if data else "random"
+    return feeds
+
+
+def _first_inference(
+    model: Path,
+    session: Session,
+    feeds: dict[str, Any],
+    clock: Callable[[], int],
+    mem: MemoryProbe,
+    out: dict[str, Any],
+) -> Callable[[], Any]:
+    """Bind the inputs and time the first inference; returns the bound step the later phases run."""
+    from agent.errors import BenchError
+    from agent.measure.runtimes import one_line
+
     mem.reset()
     step = session.bind(feeds)
     t0 = clock()
@@ -99,13 +160,23 @@ def _measure(
     except Exception as exc:
         raise BenchError(f"{model.name}: the first inference failed: {one_line(exc)}") from None
     out["first_inference_ms"] = (clock() - t0) / 1e6
+    return step
 
-    wu = warmup(step, settings, clock, cancel)
-    out["warmup_ns"], out["warmup_stable"] = list(wu.samples_ns), wu.stable
-    if wu.aborted:
-        out["aborted"] = True
-        return
-    mem.mark("after_warmup")
+
+def _timed_runs(
+    step: Callable[[], Any],
+    settings: ProtocolSettings,
+    spec: dict[str, Any],
+    clock: Callable[[], int],
+    cancel: threading.Event | None,
+    out: dict[str, Any],
+) -> None:
+    """The timed loop, with the board sampled, energy metered and CPU time counted around it."""
+    from agent.measure.protocol import timed
+    from agent.probes.board import BoardProbe, BoardSampler, board_state
+    from agent.probes.energy import EnergyMeter
+    from wire.codec import encode
+    from wire.schema import CpuStats
 
     probe = BoardProbe(Path(spec.get("root", "/")))
     energy = EnergyMeter(Path(spec.get("root", "/")), probe)
@@ -128,17 +199,20 @@ def _measure(
     out["cpu"] = encode(
         CpuStats(cpu_s_per_inference=(user + system) / max(n, 1), user_s=user, system_s=system)
     )
-    mem.mark("inference_peak")
-    mem.mark("end")
-    out["memory"] = encode(mem.stats(fresh_process))
-    if spec.get("profile_ops"):
-        from agent.measure import profile
 
-        if session.runtime == "onnxruntime":
-            ops = profile.profile_onnx(model, threads, feeds, runs=int(spec.get("profile_runs", 50)))
-        else:
-            ops = profile.profile_tflite(session.handle)
-        out["profile"] = [encode(op) for op in ops]
+
+def _profile_ops(
+    model: Path, threads: int, session: Session, feeds: dict[str, Any], spec: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Per-operator profile in a separate pass (ORT trace; LiteRT: where each op was delegated)."""
+    from agent.measure import profile
+    from wire.codec import encode
+
+    if session.runtime == "onnxruntime":
+        ops = profile.profile_onnx(model, threads, feeds, runs=int(spec.get("profile_runs", 50)))
+    else:
+        ops = profile.profile_tflite(session.handle)
+    return [encode(op) for op in ops]
 
 
 def _cpu_times() -> tuple[float, float]:
