@@ -51,7 +51,7 @@ def rss_mb(pid: int) -> float:
 def serve(db: str, port: int, stats_path: str) -> int:
     from collector.config import BrokerSettings
     from collector.fleet.chunks import ChunkServer
-    from collector.ingest.parse import parse
+    from collector.messages.parse import parse
     from collector.mqtt.client import make_client
 
     stop = threading.Event()

@@ -1,5 +1,5 @@
 """Decode-only speed: the reference decoder (``ResultRecord.from_json``: wire.codec.load_json + decode) vs
-the collector's fast path (collector.ingest.fastcodec.decode_json, msgspec) on one realistic result
+the collector's fast path (collector.messages.fastcodec.decode_json, msgspec) on one realistic result
 record, as bytes (what MQTT delivers). Interleaved rounds: each round times every decoder in turn
 (the order alternates), so a shared, busy machine slows them alike; the ratio is taken per round.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collector.ingest.fastcodec import decode_json  # noqa: E402
+from collector.messages.fastcodec import decode_json  # noqa: E402
 from tests.support.records import make_record  # noqa: E402
 from wire.schema import ResultRecord  # noqa: E402
 

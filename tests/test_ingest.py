@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from collector.config import BrokerSettings, CollectorConfig
 from collector.ingest.health import collector_health
 from collector.ingest.ingestor import Ingestor
-from collector.ingest.parse import parse
+from collector.messages.parse import parse
 from collector.service.cli import collector_group
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record, make_status
@@ -73,7 +73,9 @@ def test_every_dead_letter_class_is_stored_acked_and_counted(ingestor, peer, db_
     last = make_record("dev-1")
     peer.publish(topics.results("dev-1"), last.to_json())
     assert wait_for(lambda: db_count(db_path) == 1 and db_count(db_path, "SELECT COUNT(*) FROM dead_letters")
-                    == len(cases), 15)  # fmt: skip
+                    == len(cases), 60)  # fmt: skip
+    # the counters are updated after the commit and the acks, a moment after the rows are visible
+    assert wait_for(lambda: ingestor.stats.dead_letters == len(cases), 10)
     rows = ingestor.db.execute("SELECT topic, reason, excerpt FROM dead_letters ORDER BY id").fetchall()
     assert [r[1].partition(":")[0] for r in rows] == [c[2] for c in cases]
     assert "latency.p50_ms" in rows[4][1] and "status" in rows[3][1]

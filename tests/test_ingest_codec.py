@@ -1,4 +1,4 @@
-"""collector.ingest.fastcodec accepts exactly what wire.codec accepts: the same result or the same error.
+"""collector.messages.fastcodec accepts exactly what wire.codec accepts: the same result or the same error.
 
 Payloads are tested as bytes (what MQTT delivers) and as text. Besides structured mutations of valid
 messages, the edge cases where msgspec alone is more lenient than the reference decoder (or might
@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.ingest.fastcodec import _fast_path, decode_json
+from collector.messages.fastcodec import _fast_path, decode_json
 from tests.support.records import make_record
 from tests.test_schema import _records_unchecked, strategy_for
 from wire.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord, SchemaError

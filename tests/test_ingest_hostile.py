@@ -11,7 +11,7 @@ import pytest
 
 from collector.config import BrokerSettings, CollectorConfig
 from collector.ingest.ingestor import Ingestor
-from collector.ingest.parse import parse
+from collector.messages.parse import parse
 from tests.support import hostile as h
 from tests.support.mqtt_peer import Peer, db_count, wait_for
 from tests.support.records import make_record

@@ -1,4 +1,4 @@
-"""collector.ingest.parse on hostile input: arbitrary bytes on every topic leaf and structured mutations of
+"""collector.messages.parse on hostile input: arbitrary bytes on every topic leaf and structured mutations of
 valid records (other encodings, deep nesting, huge numbers, NaN, lone surrogates, duplicate keys,
 wrong types, removed fields, impossible latencies). parse() never raises; every message is parsed
 or a dead letter whose class is one of DEAD_CLASSES."""
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.ingest.parse import DEAD_CLASSES, Parsed, parse
+from collector.messages.parse import DEAD_CLASSES, Parsed, parse
 from tests.support import hostile as h
 from tests.support.records import make_record
 from wire.codec import MAX_DEPTH, load_json

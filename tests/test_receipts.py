@@ -15,8 +15,8 @@ from agent.delivery.transport import MqttTransport
 from agent.service.config import BrokerSettings as AgentBroker
 from collector.config import BrokerSettings, CollectorConfig
 from collector.ingest.ingestor import Ingestor
-from collector.ingest.parse import parse
 from collector.ingest.receipts import MAX_KEYS_PER_RECEIPT, build_receipts
+from collector.messages.parse import parse
 from tests.support.mqtt_peer import db_count, wait_for
 from tests.support.records import make_record
 from wire import topics

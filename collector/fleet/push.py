@@ -18,7 +18,7 @@ from collector.fleet.artifacts import RegisteredArtifact, register
 from collector.fleet.chunks import ChunkServer
 from collector.fleet.errors import FleetError
 from collector.fleet.jobs import addressed_by, build_job, sign
-from collector.ingest.parse import CHUNK_SHARE
+from collector.messages.parse import CHUNK_SHARE
 from collector.mqtt.client import connect_kwargs, make_client
 from collector.store.sqlite import insert_job_events, record_job, set_job_state
 from wire import topics
@@ -110,7 +110,7 @@ class Pusher:
         self._connected.set()
 
     def _on_message(self, client: Any, _u: Any, msg: Any) -> None:
-        from collector.ingest.parse import parse
+        from collector.messages.parse import parse
 
         parsed = parse(msg.topic, msg.payload, self.config.max_payload_bytes)
         if parsed.kind == "chunk_request":

@@ -20,9 +20,9 @@ import paho.mqtt.client as mqtt
 from collector.config import CollectorConfig, ConfigError
 from collector.ingest.buffer import Inbox, Incoming
 from collector.ingest.errors import IngestError
-from collector.ingest.parse import CHUNK_SHARE, Parsed
 from collector.ingest.receipts import build_receipts
 from collector.ingest.stats import IngestStats
+from collector.messages.parse import CHUNK_SHARE, Parsed
 from collector.mqtt.client import connect_kwargs, make_ingest_client
 from collector.mqtt.fast import FastClient, ack_batch
 from collector.store.sidecar import SUBSCRIBED

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from collector.ingest.parse import CHUNK_SHARE, Parsed
+from collector.messages.parse import CHUNK_SHARE, Parsed
 from wire import topics
 from wire.receipts import event_key, loose_key, result_key
 from wire.schema import JobEvent, Receipt, ReceiptRejection, ResultRecord, utc_now

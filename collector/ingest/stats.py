@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collector.ingest.parse import Parsed
+from collector.messages.parse import Parsed
 
 __all__ = ["IngestStats"]
 

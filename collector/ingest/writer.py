@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from collector.ingest.buffer import Incoming
-from collector.ingest.parse import Parsed, parse
 from collector.ingest.stats import IngestStats
+from collector.messages.parse import Parsed, parse
 from collector.store.api import DeadLetter, StoreTransaction
 from collector.store.sqlite import transaction
 from collector.store.watch import DbWatch

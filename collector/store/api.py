@@ -27,7 +27,7 @@ class DeadLetter:
     """A message that could not be stored as what it claims to be: kept with a bounded excerpt."""
 
     topic: str
-    reason: str  # "<class>: <detail>", the class one of collector.ingest.parse.DEAD_CLASSES
+    reason: str  # "<class>: <detail>", the class one of collector.messages.parse.DEAD_CLASSES
     payload: bytes
 
 

@@ -1,7 +1,7 @@
 """Parsing what arrives from the fleet: one MQTT message -> a validated wire-format message or a dead letter.
 
 Pure (no I/O): :func:`parse` checks the size, the topic, the JSON against :mod:`wire.schema` (through
-the generated fast decoders of :mod:`collector.ingest.fastcodec`) and that the device in the message is the
+the msgspec fast path of :mod:`collector.messages.fastcodec`) and that the device in the message is the
 device in the topic. Every failure is a :class:`Parsed` of kind "dead" with ``"<class>: <detail>"``,
 the class one of :data:`DEAD_CLASSES`. Any byte string on any topic: the JSON is decoded by
 :func:`wire.codec.load_json` (UTF-8 only, bounded depth, no duplicate keys, ...), the same decoder
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from collector.ingest.fastcodec import decode_json
+from collector.messages.fastcodec import decode_json
 from wire import topics
 from wire.codec import SchemaError
 from wire.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord
