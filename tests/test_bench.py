@@ -47,6 +47,7 @@ def test_onnx_fresh_process_record(tiny_mlp_onnx, device):
     assert s.n >= 20 and 0 < s.min_ms <= s.p50_ms <= s.max_ms
     assert s.p50_ci_low_ms <= s.p50_ms <= s.p50_ci_high_ms
     assert s.warmup_runs >= 6 and len(s.samples_ms) == s.n
+    assert rec.config.options["samples"] == f"exact: all {s.n} timed runs"
     assert rec.cold_start.load_ms > 0 and rec.cold_start.first_inference_ms > 0
     m = rec.memory
     assert m.method == "proc-status-vmhwm (fresh process)"
@@ -226,4 +227,7 @@ def test_from_settings():
     assert o.protocol.preset == "quick" and o.protocol.min_runs == 7 and o.protocol.repeats == 2
     assert o.threads == (1, 4) and o.shapes == {"x": (1, 3)} and o.profile_ops and o.cooldown_c == 55.0
     assert BenchOptions.preset("default").protocol.min_runs == 100
+    # the stop rule: a job's time floor above the preset's cap raises the cap; no preset caps the runs
+    o = BenchOptions.from_settings(BenchSettings(preset="quick", min_time_s=5.0))
+    assert o.protocol.max_time_s == 5.0 and o.protocol.max_runs == 0
     assert BenchOptions.preset("thorough").protocol.repeats == 3

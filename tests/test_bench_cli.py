@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -83,3 +84,45 @@ def test_console_script_real_process(tiny_mlp_tflite, tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "m.tflite" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: 1 of 1 benchmark(s) failed: m.tflite:")
+
+
+def test_run_cap_and_unsupported_percentiles(tiny_mlp_tflite, tmp_path):
+    """--max-runs 30 ends the runs before --min-time and says so; 30 runs support neither p90 nor p99."""
+    out = tmp_path / "r.json"
+    res = invoke(str(tiny_mlp_tflite), "--quick", "--runs", "20", "--max-runs", "30", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    header, _, row = res.output.splitlines()[1:4]
+    cells = row.split()
+    assert header.split()[6:8] == ["p90", "p99"] and cells[4:6] == ["n<64", "n<662"]
+    assert "timed runs: stop max runs 30: " in res.output and "of 0.2 s min time" in res.output
+    assert "samples exact: all 30 timed runs" in res.output
+    (rec,) = [ResultRecord.from_dict(d) for d in json.loads(out.read_text())]
+    assert rec.latency.n == 30 and rec.latency.p90_ms is None and rec.latency.p99_ms is None
+    assert rec.config.protocol.max_runs == 30 and rec.config.options["samples"] == "exact: all 30 timed runs"
+
+
+def test_caps_below_their_floors_are_usage_errors(tiny_mlp_onnx):
+    res = CliRunner().invoke(main, ["bench", str(tiny_mlp_onnx), "--min-time", "5", "--max-time", "2"])
+    assert res.exit_code == 2 and "--max-time 2 is below the minimum time 5 s" in res.output
+    res = CliRunner().invoke(main, ["bench", str(tiny_mlp_onnx), "--max-time", "2"])  # default floor: 10 s
+    assert res.exit_code == 2 and "below the minimum time 10 s" in res.output
+    res = CliRunner().invoke(main, ["bench", str(tiny_mlp_onnx), "--quick", "--max-runs", "10"])
+    assert res.exit_code == 2 and "--max-runs 10 is below the minimum runs 20 (--runs)" in res.output
+    res = CliRunner().invoke(main, ["bench", "--help"])
+    assert "at least --runs runs AND at least --min-time seconds" in " ".join(res.output.split())
+
+
+def test_a_sub_millisecond_model_is_timed_for_the_whole_floor(tiny_mlp_tflite, tmp_path):
+    """A real 1.5 s run (the old --quick cap: 5,000 runs, ~0.01 s of this model): the whole 1.5 s, and
+    past 65,536 runs the record says the samples are a histogram."""
+    out = tmp_path / "r.json"
+    res = invoke(str(tiny_mlp_tflite), "--quick", "--min-time", "1.5", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    (rec,) = [ResultRecord.from_dict(d) for d in json.loads(out.read_text())]
+    stop = re.fullmatch(r"min runs and min time: (\d+) runs in ([\d.]+) s", rec.config.options["stop"])
+    assert stop and int(stop[1]) == rec.latency.n > 5000 and float(stop[2]) >= 1.5
+    n = rec.latency.n
+    assert rec.config.options["samples"].startswith(
+        f"log histogram of {n} runs" if n > 65_536 else f"exact: all {n}"
+    )
+    assert rec.latency.p99_ms is not None and len(rec.latency.samples_ms) <= 65_536

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.measure.stats import summarize
+from agent.measure.stats import Kept, summarize
 from wire import schema, topics
 from wire.schema import (
     ArtifactChunk,
@@ -270,3 +270,31 @@ def test_topic_tree():
     for bad in ["", "a/b", "+", "#", "a b", "x" * 65]:
         with pytest.raises(topics.TopicError):
             topics.status(bad)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 10**10), min_size=1, max_size=300))
+def test_histogram_statistics_satisfy_the_wire_rules(values):
+    """Issue 15: LatencyStats read from a log histogram (past 65,536 runs) obey every rule of the format."""
+    kept = Kept.of(values).binned()
+    lat = summarize(kept)
+    record = dataclasses.replace(_ok_record(), latency=lat)
+    record = dataclasses.replace(
+        record, config=dataclasses.replace(record.config, options={"samples": kept.describe()})
+    )
+    assert ResultRecord.from_json(record.to_json()) == record
+
+
+def test_percentile_floors_and_older_records():
+    """p90 needs 64 samples, p99 662 (MLPerf); a record below its floor has None there. An older agent's
+    record (max_runs 10000, a p99 from 100 samples) still decodes: readers mark that p99 unsupported."""
+    assert schema.PERCENTILE_FLOORS == {"p90_ms": 64, "p99_ms": 662}
+    assert not schema.percentile_supported("p99_ms", 661) and schema.percentile_supported("p99_ms", 662)
+    assert schema.percentile_supported("p90_ms", 64) and not schema.percentile_supported("p90_ms", 63)
+    assert schema.percentile_supported("p50_ms", 1)
+    assert schema.ProtocolSettings().max_runs == 0  # no run cap
+    old = json.loads(_ok_record().to_json())
+    old["config"]["protocol"]["max_runs"] = 10000
+    old["latency"].update(n=100, p90_ms=1.0, p99_ms=1.0)
+    record = ResultRecord.from_dict(old)
+    assert record.latency.p99_ms == 1.0 and not schema.percentile_supported("p99_ms", record.latency.n)

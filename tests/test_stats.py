@@ -56,12 +56,16 @@ def test_median_ci_by_order_statistics():
     assert median_ci(values) == (40.0, 61.0)
 
 
-def test_high_percentiles_only_claimed_with_enough_samples():
-    assert not claimable(9, 0.9) and claimable(10, 0.9)
-    assert not claimable(99, 0.99) and claimable(100, 0.99)
-    s = summarize([MS] * 50)
+def test_high_percentiles_only_claimed_from_their_floors():
+    """MLPerf's floors (wire.schema.PERCENTILE_FLOORS): p90 from 64 samples, p99 from 662."""
+    assert not claimable(63, 0.9) and claimable(64, 0.9)
+    assert not claimable(661, 0.99) and claimable(662, 0.99)
+    assert not claimable(9, 0.95) and claimable(20, 0.95)  # other q: a sample above it
+    s = summarize([MS] * 63)
+    assert s.p90_ms is None and s.p99_ms is None
+    s = summarize([MS] * 64)
     assert s.p90_ms == 1.0 and s.p99_ms is None
-    s = summarize([MS] * 100)
+    s = summarize([MS] * 662)
     assert s.p99_ms == 1.0
 
 
@@ -74,7 +78,7 @@ def test_summarize_exact_figures():
     assert s.p50_ms == 11.0
     assert s.mean_ms == pytest.approx((210 + 100) / 21)
     assert (s.p50_ci_low_ms, s.p50_ci_high_ms) == (6.0, 16.0)  # ranks floor(10.5-4.49)=6, ceil(11.5+4.49)=16
-    assert s.p90_ms == pytest.approx(19.0)
+    assert s.p90_ms is None  # 21 < 64 samples
     assert s.mad_ms == 5.0
     assert s.outliers == 1  # 100 ms is beyond Q3 + 3 IQR (16 + 30); counted, kept
     assert s.throughput_ips == pytest.approx(4 * 21 / 0.310)
@@ -127,21 +131,25 @@ def test_warmup_time_cap():
 
 
 def test_timed_runs_need_min_runs_and_min_time():
-    settings = ProtocolSettings(min_runs=20, min_time_s=0.2, max_runs=10_000, max_time_s=60)
+    settings = ProtocolSettings(min_runs=20, min_time_s=0.2, max_time_s=60)
     clock = FakeClock([1 * MS])
-    assert len(timed(clock.step, settings, clock).samples_ns) == 200  # 0.2 s of 1 ms runs
+    loop = timed(clock.step, settings, clock)
+    assert len(loop.samples_ns) == 200 and loop.n == 200  # 0.2 s of 1 ms runs
+    assert loop.stop == "min runs and min time: 200 runs in 0.20 s"
     clock = FakeClock([50 * MS])
     loop = timed(clock.step, settings, clock)
-    assert len(loop.samples_ns) == 20 and loop.elapsed_ns == 1000 * MS  # 20 runs take 1 s
+    assert loop.n == 20 and loop.elapsed_ns == 1000 * MS  # 20 runs take 1 s
 
 
 def test_timed_runs_capped():
     clock = FakeClock([1000 * MS])
-    settings = ProtocolSettings(min_runs=100, min_time_s=10, max_runs=10_000, max_time_s=5)
-    assert len(timed(clock.step, settings, clock).samples_ns) == 5
+    settings = ProtocolSettings(min_runs=100, min_time_s=4, max_time_s=5)
+    loop = timed(clock.step, settings, clock)
+    assert loop.n == 5 and loop.stop == "max time 5 s: 5 of 100 min runs"
     clock = FakeClock([1 * MS])
     settings = ProtocolSettings(min_runs=100, min_time_s=100, max_runs=300, max_time_s=1000)
-    assert len(timed(clock.step, settings, clock).samples_ns) == 300
+    loop = timed(clock.step, settings, clock)
+    assert loop.n == 300 and loop.stop == "max runs 300: 0.30 s of 100 s min time"
 
 
 def test_timed_runs_cancel():
@@ -156,4 +164,4 @@ def test_timed_runs_cancel():
             cancel.set()
 
     loop = timed(step, ProtocolSettings(min_runs=1000, min_time_s=100), clock, cancel)
-    assert loop.aborted and len(loop.samples_ns) == 48  # checked every 16 runs
+    assert loop.aborted and loop.n == 48  # checked every 16 runs

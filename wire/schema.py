@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from wire.codec import SchemaError, decode, encode, load_json
 from wire.schema_parts import (
+    PERCENTILE_FLOORS,
     AccuracyInfo,
     ArtifactInfo,
     ArtifactRef,
@@ -44,6 +45,7 @@ from wire.schema_parts import (
     _check_utc,
     _check_uuid,
     new_id,
+    percentile_supported,
     utc_now,
 )
 
@@ -69,6 +71,7 @@ __all__ = [
     "LatencyStats",
     "MemoryStats",
     "OpProfile",
+    "PERCENTILE_FLOORS",
     "ProtocolSettings",
     "Receipt",
     "ReceiptRejection",
@@ -76,6 +79,7 @@ __all__ = [
     "RunConfig",
     "new_id",
     "parse_message",
+    "percentile_supported",
     "utc_now",
 ]
 

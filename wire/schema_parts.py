@@ -120,6 +120,17 @@ class ArtifactInfo:
             raise SchemaError("must be >= 0", "size_bytes")
 
 
+# The fewest timed runs that make a percentile a claim: the MLPerf inference rules' early-stopping minimum
+# query counts (p90 needs 64, p99 needs 662). Below its floor a record leaves the percentile None, and a
+# reader shows it as unsupported ("n<662"), also for older records that still carry a value.
+PERCENTILE_FLOORS: dict[str, int] = {"p90_ms": 64, "p99_ms": 662}
+
+
+def percentile_supported(name: str, n: int) -> bool:
+    """Whether ``n`` samples support the percentile field ``name`` ("p90_ms", "p99_ms"; others: n >= 1)."""
+    return n >= PERCENTILE_FLOORS.get(name, 1)
+
+
 @dataclass(frozen=True)
 class ProtocolSettings:
     preset: str = "default"
@@ -129,7 +140,7 @@ class ProtocolSettings:
     warmup_max_s: float = 10.0
     min_runs: int = 100
     min_time_s: float = 10.0
-    max_runs: int = 10000
+    max_runs: int = 0  # 0: no run cap (the loop ends at the floors or at max_time_s); older agents: 10000
     max_time_s: float = 60.0
     repeats: int = 1
     keep_samples: bool = True

@@ -1,10 +1,11 @@
 """The measurement engine: options, presets and :func:`run_benchmark` (one ResultRecord per configuration).
 
 Protocol (see agent.measure.protocol for the loops and agent.measure.stats for the figures): cold start
-(load and first inference, reported apart), warmup until consecutive windows agree, timed runs (>= N runs and
->= T seconds, capped), optional repeats each in a fresh process, thread and batch sweeps. With
-``isolate=True`` (the default) every repeat of every configuration runs in a fresh ``python -m
-agent.measure.worker`` process so memory figures are the model's own. Bad models and inputs never raise: they
+(load and first inference, reported apart), warmup until consecutive windows agree, timed runs (the stop
+rule: >= N runs and >= T seconds; a time cap never below T; no run cap unless set), optional repeats each in
+a fresh process, thread and batch sweeps. With ``isolate=True`` (the default) every repeat of every
+configuration runs in a fresh ``python -m agent.measure.worker`` process so memory figures are the model's
+own. Bad models and inputs never raise: they
 give records with status "failed" and a one-line reason; a set ``cancel`` event gives "aborted".
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import BenchError
+from agent.measure.protocol import with_stop_rule
 from agent.measure.records import build_record, failed_record
 from wire.artifacts import ArtifactError, artifact_info, placeholder_artifact
 from wire.codec import encode
@@ -39,10 +41,10 @@ PRESETS: dict[str, ProtocolSettings] = {
         warmup_max_s=1.0,
         min_runs=20,
         min_time_s=0.2,
-        max_runs=5000,
         max_time_s=2.0,
     ),
-    # a Pi: 100 runs and 10 s at least (a 200 ms model on a Pi 3 still gets 50 s max)
+    # a Pi: 100 runs and 10 s at least, capped at 60 s (a 200 ms model on a Pi 3 gets 100 runs in 20 s);
+    # no preset caps the run count
     "default": ProtocolSettings(),
     "thorough": ProtocolSettings(
         preset="thorough",
@@ -52,7 +54,6 @@ PRESETS: dict[str, ProtocolSettings] = {
         warmup_max_s=30.0,
         min_runs=300,
         min_time_s=30.0,
-        max_runs=100_000,
         max_time_s=180.0,
         repeats=3,
     ),
@@ -82,7 +83,7 @@ class BenchOptions:
     def preset(cls, name: str, **overrides: Any) -> BenchOptions:
         if name not in PRESETS:
             raise BenchError(f"unknown preset {name!r} (one of {', '.join(PRESETS)})")
-        return cls(protocol=PRESETS[name], **overrides)
+        return cls(protocol=with_stop_rule(PRESETS[name]), **overrides)
 
     @classmethod
     def from_settings(cls, settings: BenchSettings, **overrides: Any) -> BenchOptions:
@@ -93,7 +94,7 @@ class BenchOptions:
             value = getattr(settings, name)
             if value is not None:
                 changes[name] = value
-        protocol = dataclasses.replace(base.protocol, **changes)
+        protocol = with_stop_rule(dataclasses.replace(base.protocol, **changes))
         return cls(
             protocol=protocol,
             threads=tuple(settings.threads),
@@ -105,7 +106,9 @@ class BenchOptions:
         )
 
     def with_protocol(self, **changes: Any) -> BenchOptions:
-        return dataclasses.replace(self, protocol=dataclasses.replace(self.protocol, **changes))
+        """Changed protocol settings; a time cap below the time floor is raised to it (the stop rule)."""
+        protocol = with_stop_rule(dataclasses.replace(self.protocol, **changes))
+        return dataclasses.replace(self, protocol=protocol)
 
     def configurations(self) -> list[tuple[int, int]]:
         return [(t, b) for t in (self.threads or (0,)) for b in (self.batches or (self.batch,))]

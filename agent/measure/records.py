@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.measure.runtimes import runtime_name
-from agent.measure.stats import NS_PER_MS, median, summarize
+from agent.measure.stats import NS_PER_MS, Kept, kept_percentile, merge_kept, summarize
 from wire.codec import decode
 from wire.schema import (
     ArtifactInfo,
@@ -150,6 +150,14 @@ def _merge_energy(energies: list[EnergyStats], counts: list[int]) -> EnergyStats
     )
 
 
+def timed_samples(outcome: dict[str, Any]) -> Kept:
+    """A worker outcome's timed samples: ``timed`` (:meth:`Kept.to_dict`), or an older worker's list
+    ``samples_ns`` (every run)."""
+    if "timed" in outcome:
+        return Kept.from_dict(outcome["timed"])
+    return Kept.of(outcome["samples_ns"])
+
+
 def build_record(
     device: DeviceInfo,
     artifact: ArtifactInfo,
@@ -162,9 +170,10 @@ def build_record(
     cooldown: str | None = None,
 ) -> ResultRecord:
     first = outcomes[0]
-    samples = [s for o in outcomes for s in o["samples_ns"]]
-    counts = [len(o["samples_ns"]) for o in outcomes]
-    medians = [median(o["samples_ns"]) / NS_PER_MS for o in outcomes] if len(outcomes) > 1 else []
+    parts = [timed_samples(o) for o in outcomes]
+    samples = merge_kept(parts)
+    counts = [p.n for p in parts]
+    medians = [kept_percentile(p, 0.5) / NS_PER_MS for p in parts] if len(parts) > 1 else []
     boards = [decode(BoardState, o["board"]) for o in outcomes]
     board = _merge_boards(boards)
     latency = summarize(
@@ -178,7 +187,10 @@ def build_record(
     )
     cpus = [decode(CpuStats, o["cpu"]) for o in outcomes]
     user, system = sum(c.user_s for c in cpus), sum(c.system_s for c in cpus)
-    extra = {"repeats": str(len(outcomes))}
+    extra = {"repeats": str(len(outcomes)), "samples": samples.describe()}
+    stops = list(dict.fromkeys(o["stop"] for o in outcomes if o.get("stop")))
+    if stops:
+        extra["stop"] = "; ".join(stops)
     if cooldown:
         extra["cooldown"] = cooldown
     return ResultRecord(

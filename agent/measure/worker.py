@@ -187,14 +187,10 @@ def _timed_runs(
     loop = timed(step, settings, clock, cancel)
     c1 = _cpu_times()
     samples = sampler.stop()
-    n = len(loop.samples_ns)
+    n = loop.n
     out["energy"] = encode(energy.stop(n, loop.elapsed_ns / 1e9))
     out["board"] = encode(board_state(probe, samples, cpu_start, probe.cpu_times()))
-    out["samples_ns"], out["elapsed_ns"], out["aborted"] = (
-        list(loop.samples_ns),
-        loop.elapsed_ns,
-        loop.aborted,
-    )
+    out.update(loop.outcome())  # "timed" (every run, or past 65,536 the histogram), "stop", elapsed, aborted
     user, system = c1[0] - c0[0], c1[1] - c0[1]
     out["cpu"] = encode(
         CpuStats(cpu_s_per_inference=(user + system) / max(n, 1), user_s=user, system_s=system)
