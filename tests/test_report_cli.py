@@ -66,7 +66,9 @@ def test_compare_and_fail_on_regression(db):
     assert {r["verdict"] for r in data["rows"]} == {"inconclusive (fewer than 2 runs on a side)"}
     assert any("at least 2 runs on each side" in n for n in data["notes"])
     assert run("compare", JOB, JOB, "--db", db, "--fail-on-regression").exit_code == 0
-    assert "bootstrap" in run("compare", "--help").output
+    assert "Welch" in run("compare", "--help").output
+    # a short job id (as `fleet jobs` prints it) is accepted
+    assert run("compare", f"job:{JOB[:8]}", JOB, "--db", db).exit_code == 0
 
 
 @pytest.mark.parametrize(

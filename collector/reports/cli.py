@@ -216,10 +216,19 @@ def latency(
     type=float,
     default=1.0,
     show_default=True,
-    help="Smallest change (percent) worth flagging, on top of statistical significance.",
+    help="Smallest change (percent) worth flagging; the run-to-run variation raises it.",
 )
 @click.option(
-    "--fail-on-regression", is_flag=True, help="Exit with status 1 when a regression is found (for CI)."
+    "--alpha",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Significance level: the share of rows of identical work flagged, at most.",
+)
+@click.option(
+    "--fail-on-regression",
+    is_flag=True,
+    help="Exit with status 1 when a row is a (calibrated) regression, for CI.",
 )
 @_output_options
 @_friendly
@@ -231,6 +240,7 @@ def compare(
     devices: tuple[str, ...],
     tag: str | None,
     min_effect: float,
+    alpha: float,
     fail_on_regression: bool,
     fmt: str,
     out: Path | None,
@@ -245,10 +255,13 @@ def compare(
                          age (7d, 12h); an end may be empty: 2024-05-01..  14d..7d
       ID                 a bare job id (or, failing that, a result id)
 
-    A change is flagged as a regression or an improvement only when the 95% bootstrap confidence
-    interval of the difference of median latencies (resampling runs, then the raw samples within
-    them) excludes zero AND the change is at least --min-effect percent. Everything else is
-    "no significant change", however large the raw difference looks.
+    The run is the unit: each run counts once, by its median, and the sides are compared with
+    Welch's t-test on ln(run median) (not a bootstrap of the samples inside runs, which ignores
+    what moves whole runs). A row is a regression or an improvement only when p < --alpha AND the
+    change is at least the threshold, max(--min-effect, the run-to-run variation of its runs).
+    A change at least the threshold but not significant is "inconclusive (needs N runs a side)":
+    N runs a side would detect it 80% of the time. Smaller changes are "no significant change";
+    one run on a side is never tested. Run several jobs a side: job:A,B,C vs job:D,E,F.
     """
     from collector.reports.compare import compare_runs
     from collector.reports.latency import ReportFilter
@@ -262,6 +275,7 @@ def compare(
             candidate,
             filters=ReportFilter(model=model, devices=devices, tag=tag, batch=None),
             min_effect=min_effect / 100,
+            alpha=alpha,
         )
     finally:
         conn.close()

@@ -74,9 +74,11 @@ def compare_columns(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         "runs (base/cand)",
         "base p50 ms",
         "cand p50 ms",
-        "diff ms",
-        "diff 95% CI",
         "change",
+        "change 95% CI",
+        "p",
+        "run-to-run",
+        "min effect",
         "verdict",
     ]
     body = []
@@ -91,9 +93,13 @@ def compare_columns(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
                 f"{r.baseline_runs}/{r.candidate_runs}",
                 num(r.baseline_p50_ms, 3),
                 num(r.candidate_p50_ms, 3),
-                num(r.diff_ms, 3),
-                f"{num(r.ci_low_ms, 3)}..{num(r.ci_high_ms, 3)}" if r.ci_low_ms is not None else "-",
                 f"{r.change * 100:+.1f}%" if r.change is not None else "-",
+                f"{r.change_ci_low * 100:+.1f}..{r.change_ci_high * 100:+.1f}%"
+                if r.change_ci_low is not None and r.change_ci_high is not None
+                else "-",
+                f"{r.p_value:.3f}" if r.p_value is not None else "-",
+                f"{r.run_cv:.1%}" if r.run_cv is not None else "-",
+                f"{r.threshold:.1%}" if r.threshold is not None else "-",
                 r.verdict,
             ]
         )

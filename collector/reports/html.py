@@ -308,7 +308,9 @@ def render_comparison_html(cmp: Comparison) -> str:
         ax.axvline(0, color="#52606d", lw=0.8)
         ax.set_yticks(y, [f"{r.device_id} · {r.variant} · {r.threads}t" for r in rows], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("candidate vs baseline median latency (%, 95% bootstrap CI); right = slower")
+        ax.set_xlabel(
+            "candidate vs baseline median latency (%, 95% CI, Welch on run medians); right = slower"
+        )
         ax.grid(axis="x", alpha=0.3)
         plot = _png(fig)
     text = (

@@ -12,12 +12,30 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from collector.store.ids import (
+    DEVICE,
+    JOB,
+    RESULT,
+    IdError,
+    UnknownIdError,
+    pick_unique,
+    resolve_id,
+    resolve_ids,
+)
 from collector.store.report_index import ReportError
 
 if TYPE_CHECKING:
     from collector.reports.source import ReportSource
 
-__all__ = ["ReportFilter", "artifact_deltas", "describe", "iso", "parse_since", "resolve_devices"]
+__all__ = [
+    "ReportFilter",
+    "artifact_deltas",
+    "describe",
+    "expand_selector",
+    "iso",
+    "parse_since",
+    "resolve_devices",
+]
 
 Cell = tuple[Any, ...]  # (cell_id, device_id, model, variant, artifact_name, artifact_sha256, format,
 #                          precision, size_bytes, runtime, threads, batch): a report_cells row
@@ -106,14 +124,14 @@ def _device_tags(conn: sqlite3.Connection) -> dict[str, set[str]]:
 
 
 def resolve_devices(conn: sqlite3.Connection, f: ReportFilter) -> set[str]:
-    """The devices a filter names (``--device``, ``--tag``), checked against the known ones; an empty set
-    means every device. Unknown names raise :class:`ReportError` listing what is known."""
+    """The devices a filter names (``--device``, each a device id or a unique prefix of one; ``--tag``),
+    checked against the known ones; an empty set means every device. Unknown names raise
+    :class:`ReportError` listing what is known, ambiguous prefixes listing what they match."""
     known_tags = _device_tags(conn)
-    devices = set(f.devices)
-    for d in devices:
-        if d not in known_tags:
-            known = ", ".join(sorted(known_tags)[:20]) or "none"
-            raise ReportError(f"unknown device {d!r} (known: {known})")
+    try:  # a unique prefix names its device
+        devices = {pick_unique(d, known_tags, DEVICE.noun, list_known=True) for d in f.devices}
+    except IdError as exc:
+        raise ReportError(str(exc)) from None
     if f.tag is not None:
         tagged = {d for d, tags in known_tags.items() if f.tag in tags}
         if not tagged:
@@ -166,3 +184,38 @@ def artifact_deltas(conn: sqlite3.Connection, manifest: Path | None) -> dict[str
         except (OSError, ValueError, AttributeError) as exc:
             raise ReportError(f"cannot read the manifest {manifest}: {exc}") from None
     return deltas
+
+
+def expand_selector(conn: sqlite3.Connection, text: str) -> str:
+    """A compare selector with every id prefix replaced by the full id it names (one line of
+    :class:`ReportError` when a prefix is ambiguous): ``job:cf660957`` -> ``job:cf660957-...``,
+    ``ids:PREFIX,...`` likewise (``ids:@FILE`` is read as it is), a bare prefix -> ``job:ID`` when it names
+    a job, else ``ids:ID`` when it names a result. Time ranges, exact bare ids and bare text that names
+    nothing are returned unchanged (the selector parser reports those)."""
+    sel = text.strip()
+    try:
+        if sel.startswith("job:"):
+            ids = [s.strip() for s in sel[4:].split(",") if s.strip()]
+            return "job:" + ",".join(resolve_ids(conn, JOB, ids)) if ids else text
+        if sel.startswith("ids:"):
+            ids = [s.strip() for s in sel[4:].split(",") if s.strip()]
+            if sel.startswith("ids:@") or not ids:
+                return text
+            return "ids:" + ",".join(resolve_ids(conn, RESULT, ids))
+        if not sel or ".." in sel:
+            return text
+        return _expand_bare(conn, sel, text)
+    except IdError as exc:
+        raise ReportError(str(exc)) from None
+
+
+def _expand_bare(conn: sqlite3.Connection, sel: str, text: str) -> str:
+    exact = "SELECT 1 FROM results WHERE {} = ? LIMIT 1"
+    if any(conn.execute(exact.format(c), (sel,)).fetchone() for c in ("job_id", "result_id")):
+        return text
+    for kind, tag in ((JOB, "job:"), (RESULT, "ids:")):
+        try:
+            return tag + resolve_id(conn, kind, sel)
+        except UnknownIdError:
+            continue
+    return text

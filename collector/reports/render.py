@@ -90,6 +90,7 @@ def render_comparison(cmp: Comparison, fmt: str) -> str:
                     "baseline": cmp.baseline,
                     "candidate": cmp.candidate,
                     "min_effect": cmp.min_effect,
+                    "alpha": cmp.alpha,
                     "rows": [asdict(r) for r in cmp.rows],
                     "notes": list(cmp.notes),
                 },
@@ -107,8 +108,8 @@ def render_comparison(cmp: Comparison, fmt: str) -> str:
         return _csv(head, body)
     reg, imp = len(cmp.regressions), sum(r.verdict == "improvement" for r in cmp.rows)
     summary = [
-        f"{reg} significant regression(s), {imp} significant improvement(s) "
-        f"(95% bootstrap CI of the median difference excludes 0 and |change| >= {cmp.min_effect:.0%})",
+        f"{reg} regression(s), {imp} improvement(s) (Welch test on run medians, p < {cmp.alpha:g}, "
+        f"|change| >= max({cmp.min_effect:.0%}, run-to-run variation))",
         *cmp.notes,
     ]
     if fmt == "md":
