@@ -5,11 +5,17 @@ posing as different devices (ids, tags, thread limits) are started as real proce
 converted with a recipe; the artifacts are pushed to the fleet as a signed job; the devices fetch them
 over MQTT, benchmark them and report; the cross-device report is printed and written as HTML. Every
 process the demo started is stopped by its PID; the database stays for `edgebench report` and datasette.
+
+Each run starts afresh (:func:`clear_previous_run`): the previous run's database, broker persistence and
+device state in the work folder are removed first, so the report shows this run's devices and results
+only. ``keep=True`` (``--keep``) accumulates runs in one database instead (the closing line says what
+the report pooled then).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -55,6 +61,7 @@ class DemoOptions:
     preset: str = "quick"
     min_time_s: float = 1.0
     timeout_s: float = 600.0
+    keep: bool = False  # accumulate runs in the same database (default: each run starts afresh)
 
 
 @dataclass
@@ -69,6 +76,9 @@ class DemoResult:
     results: int
     seconds: float
     job_states: dict[str, str] = field(default_factory=dict)
+    report_results: int = 0  # what the report pooled: every result in the database (more with keep)
+    report_devices: tuple[str, ...] = ()
+    kept: bool = False
 
 
 @dataclass
@@ -145,6 +155,9 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
         raise DemoError("the demo needs at least one device")
     work.mkdir(parents=True, exist_ok=True)
     db = work / "edgebench.db"
+    if not options.keep and clear_previous_run(work):
+        log("      a fresh start: the previous run's database, broker and device state removed (--keep adds)")
+    (work / MARKER).write_text("edgebench demo work folder: `edgebench demo` clears its run state\n")
     children: list[_Child] = []
     broker = None
     try:
@@ -157,6 +170,10 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
 
         # 2. keys, collector, agents
         key, pub = _signing_keys(work / "keys")
+        from wire.signing import secret_file_warning
+
+        if warning := secret_file_warning(key):
+            log(f"      {warning}")
         _spawn_collector_and_agents(options, work, db, broker, pub, children)
         ids = tuple(d.device_id for d in options.devices)
         _wait_online(db, ids, children)
@@ -178,7 +195,7 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
         log(f"[5/6] {count} results stored in {db}")
 
         # 6. report
-        report_text, html_path, variants = _report(db, work, options.max_accuracy_drop)
+        report_text, html_path, variants, pooled = _report(db, work, options.max_accuracy_drop)
         log("[6/6] cross-device report (p50 pooled over runs; * = the variant to ship on that device)\n")
         log(report_text)
         log(f"\nHTML report: {html_path}")
@@ -193,6 +210,9 @@ def run_demo(options: DemoOptions = DemoOptions(), log: Callable[[str], None] = 
             results=count,
             seconds=time.monotonic() - started,
             job_states=outcome.states,
+            report_results=pooled[0],
+            report_devices=pooled[1],
+            kept=options.keep,
         )
     finally:
         for child in reversed(children):
@@ -344,7 +364,10 @@ def _push(options, work, db, key, broker, ids, manifest_path, log) -> _PushSumma
     return _PushSummary(outcome.job.job_id, states, expected)
 
 
-def _report(db: Path, work: Path, max_drop: float) -> tuple[str, Path, tuple[str, ...]]:
+Pooled = tuple[int, tuple[str, ...]]  # the results and devices a report pooled
+
+
+def _report(db: Path, work: Path, max_drop: float) -> tuple[str, Path, tuple[str, ...], Pooled]:
     from collector.reports.extras import html_extras
     from collector.reports.html import render_html
     from collector.reports.latency import latency_report
@@ -353,12 +376,39 @@ def _report(db: Path, work: Path, max_drop: float) -> tuple[str, Path, tuple[str
 
     conn = sqlite3.connect(db)
     try:
-        report = latency_report(conn, max_accuracy_drop=max_drop)
+        report = latency_report(conn, max_accuracy_drop=max_drop, refresh=False)  # read-only, as `report`
         text = render_report(report, "table")
         html = render_html(report, html_extras(ReportSource.read(conn), report))
+        results = int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
     finally:
         conn.close()
     html_path = work / "report.html"
     html_path.write_text(html, encoding="utf-8")
     variants = tuple(sorted({r.variant or r.artifact_name for r in report.rows}))
-    return text, html_path, variants
+    devices = tuple(sorted({r.device_id for r in report.rows}))
+    return text, html_path, variants, (results, devices)
+
+
+# What a run leaves that the next must not inherit: the database, the broker's persistence (retained
+# statuses, queued jobs), each agent's data (outbox, jobs). Keys stay; artifacts are converted anew.
+_RUN_STATE = ("edgebench.db", "edgebench.db-wal", "edgebench.db-shm", "edgebench.db.collector",
+              "mosquitto/mosquitto.db", "devices", "logs", "report.html")  # fmt: skip
+MARKER = ".edgebench-demo"  # written by every run: the folder is a demo's, its run state may go
+
+
+def clear_previous_run(work: Path) -> list[str]:
+    """Remove what a previous demo run left in ``work``, only in a demo's folder (:data:`MARKER`, or an
+    older run's device configs) and only the demo's own names; returns the names removed."""
+    if not ((work / MARKER).exists() or any(work.glob("devices/*/agent.toml"))):
+        return []
+    removed = []
+    for name in _RUN_STATE:
+        path = work / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed

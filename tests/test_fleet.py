@@ -213,3 +213,88 @@ def test_push_to_an_offline_device_times_out_clearly(mosquitto, db_path, tmp_pat
          "--broker", "127.0.0.1:1"],
     )  # fmt: skip
     assert unreachable.exit_code == 1 and "cannot reach the broker at 127.0.0.1:1" in unreachable.output
+
+
+def test_job_and_device_states_follow_the_events_as_they_arrive(db_path, tiny_mlp_onnx):
+    """`fleet jobs` / `fleet devices` read the job events (stored by ingest as they come in), not only
+    what a waiting push records at its end or what the 30 s heartbeats say."""
+    from collector.store.sqlite import insert_job_events
+
+    db = open_db(db_path)
+    for device in ("pi-a", "pi-b"):  # heartbeats at t0: no current job
+        upsert_device(db, make_status(device, at="2025-01-01T00:00:00.000Z", tags=("lab",)))
+    upsert_device(db, make_status("pi-x", at="2025-01-01T00:00:00.000Z", tags=("field",)))
+    job = build_job(collect_artifacts([tiny_mlp_onnx]), "tag:lab", BenchSettings())
+    record_job(db, job)  # what `fleet push --no-wait` leaves: published
+
+    def state() -> tuple[str, dict[str, str], dict[str, str]]:
+        [row] = list_jobs(db)
+        return row.state, row.devices, {r.device_id: r.current_job for r in list_devices(db)}
+
+    def event(device: str, what: str, at: str) -> None:
+        insert_job_events(db, [JobEvent(job.job_id, device, what, at)])
+
+    assert state() == ("published", {}, {"pi-a": "", "pi-b": "", "pi-x": ""})
+    event("pi-a", "received", "2025-01-01T00:00:01.000Z")
+    assert state() == ("running", {"pi-a": "received"}, {"pi-a": job.job_id, "pi-b": "", "pi-x": ""})
+    event("pi-a", "done", "2025-01-01T00:00:05.000Z")
+    event("pi-b", "running", "2025-01-01T00:00:05.000Z")
+    assert state() == (
+        "running",
+        {"pi-a": "done", "pi-b": "running"},
+        {"pi-a": "", "pi-b": job.job_id, "pi-x": ""},
+    )
+    event("pi-a", "running", "2025-01-01T00:00:04.000Z")  # late, reordered: the final word stays
+    event("pi-b", "done", "2025-01-01T00:00:09.000Z")
+    assert state() == ("done", {"pi-a": "done", "pi-b": "done"}, {"pi-a": "", "pi-b": "", "pi-x": ""})
+    out = CliRunner().invoke(fleet_group, ["jobs", "--db", str(db_path)])
+    assert out.exit_code == 0 and " done " in out.output and "pi-a:done pi-b:done" in out.output
+    # a newer heartbeat wins over an older event; an older one does not undo a newer event
+    upsert_device(db, replace(make_status("pi-b", at="2025-01-01T00:00:20.000Z"), current_job="other-job"))
+    assert {r.device_id: r.current_job for r in list_devices(db)}["pi-b"] == "other-job"
+
+
+def test_job_state_rules():
+    from collector.fleet.listings import device_job_state, job_state
+
+    assert device_job_state([("a", "done", True), ("a", "running", False), ("b", "fetching", False)]) == {
+        "a": "done",
+        "b": "fetching",
+    }
+    assert job_state("published", {}, {"a"}) == "published"
+    assert job_state("timeout", {}, {"a"}) == "timeout"  # nothing heard since the push gave up
+    assert job_state("timeout", {"a": "running"}, {"a"}) == "running"
+    assert job_state("published", {"a": "done"}, {"a", "b"}) == "running"  # b not heard from yet
+    assert job_state("published", {"a": "done", "b": "rejected"}, {"a", "b"}) == "failed"
+    assert job_state("timeout", {"a": "done", "b": "done"}, {"a", "b"}) == "done"
+    assert job_state("done", {"a": "done"}, {"a", "c"}) == "done"  # c joined the tag after the push
+    assert job_state("unpublished", {"a": "done"}, {"a"}) == "unpublished"
+
+
+def test_enroll_password_file_is_private_and_warned_about_in_a_git_work_tree(tmp_path):
+    import os
+    import stat
+    import subprocess
+
+    from collector.fleet.enroll_cli import enroll
+
+    if shutil.which("mosquitto_passwd") is None or shutil.which("git") is None:
+        pytest.skip("needs mosquitto_passwd and git")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    pwfile = tmp_path / "edgebench.passwd"
+    args = ["pi-7", "--broker-host", "10.0.0.2", "--no-tls", "--password-file", str(pwfile)]
+    ok = CliRunner().invoke(enroll, args)
+    assert ok.exit_code == 0, ok.output
+    try:
+        import grp
+
+        for_broker = os.geteuid() == 0 and grp.getgrnam("mosquitto") is not None
+    except (ImportError, KeyError):
+        for_broker = False
+    # 0600; on a broker host as root, 0640 with group mosquitto so that mosquitto reads it on a reload
+    assert stat.S_IMODE(pwfile.stat().st_mode) == (0o640 if for_broker else 0o600)
+    assert f"warning: {pwfile} is a secret inside the git work tree" in ok.stderr
+    assert "warning" not in ok.stdout and "enrolled pi-7" in ok.stdout
+    (tmp_path / ".gitignore").write_text("*.passwd\n")
+    again = CliRunner().invoke(enroll, args)
+    assert again.exit_code == 0 and "warning" not in again.stderr

@@ -95,3 +95,39 @@ def test_unusable_key_files(tmp_path):
         load_public_key(bad)
     with pytest.raises(SignatureError, match="cannot read"):
         load_public_key(tmp_path / "missing.pub")
+
+
+def test_private_key_is_0600_whatever_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0)
+    try:
+        key_path, pub_path = generate_keypair(tmp_path / "keys", "loose")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pub_path.stat().st_mode) & 0o044  # the public half stays readable
+
+
+def test_a_secret_in_a_git_work_tree_is_warned_about_unless_ignored(tmp_path):
+    import shutil
+    import subprocess
+
+    from wire.signing import secret_file_warning
+
+    outside, _ = generate_keypair(tmp_path / "outside", "collector")
+    assert secret_file_warning(outside) is None  # no work tree above it
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    key, _ = generate_keypair(repo / "keys", "collector")
+    warning = secret_file_warning(key)
+    assert warning is not None and str(key) in warning and str(repo) in warning and "\n" not in warning
+    assert "git does not ignore it" in warning
+    (repo / ".gitignore").write_text("keys/\n")
+    assert secret_file_warning(key) is None
+    assert secret_file_warning(repo / "edgebench.passwd") is not None  # not ignored by that line
+    (repo / ".gitignore").write_text("*.key\n*.passwd\n")
+    assert secret_file_warning(key) is None and secret_file_warning(repo / "edgebench.passwd") is None

@@ -3,8 +3,9 @@
 The collector signs every :class:`~wire.schema.Job` and :class:`~wire.schema.CancelJob` with its
 private key; a device runs only jobs whose signature verifies against one of its trusted public keys.
 
-* :func:`generate_keypair` writes ``<name>.key`` (PKCS8 PEM, mode 0600) and ``<name>.pub``
-  (SubjectPublicKeyInfo PEM).
+* :func:`generate_keypair` writes ``<name>.key`` (PKCS8 PEM, mode 0600 whatever the umask) and
+  ``<name>.pub`` (SubjectPublicKeyInfo PEM); :func:`secret_file_warning` says when a secret file sits in a
+  git work tree that does not ignore it (a CLI prints that on stderr).
 * ``key_id`` = the first 16 hex digits of the sha256 of the raw 32-byte public key.
 * :func:`sign_job` returns a signed copy: ``job.signed(key_id, base64(signature over job.signing_bytes()))``.
 * :func:`verify` raises :class:`SignatureError` with a one-line reason (unsigned, unknown key, bad signature).
@@ -16,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -34,6 +36,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "load_trusted_keys",
+    "secret_file_warning",
     "sign_job",
     "verify",
 ]
@@ -70,9 +73,42 @@ def generate_keypair(directory: str | Path, name: str = "collector") -> tuple[Pa
     )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # the umask can only take bits away; this says exactly 0600
         f.write(key_pem)
     pub_path.write_bytes(pub_pem)
     return key_path, pub_path
+
+
+def _git_work_tree(path: Path) -> Path | None:
+    """The git work tree ``path`` is in (the nearest parent holding ``.git``), if any."""
+    for parent in path.parents:
+        if (parent / ".git").exists():
+            return parent
+    return None
+
+
+def secret_file_warning(path: str | Path) -> str | None:
+    """One line of warning when ``path`` (a private key, a password file) lies inside a git work tree
+    that does not ignore it (``git check-ignore``; without git, inside a work tree is enough); else None."""
+    path = Path(path).absolute()
+    tree = _git_work_tree(path)
+    if tree is None:
+        return None
+    try:
+        ignored = subprocess.run(
+            ["git", "-C", str(tree), "check-ignore", "-q", "--", str(path)],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        if ignored.returncode == 0:
+            return None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return (
+        f"warning: {path} is a secret inside the git work tree {tree} and git does not ignore it: one "
+        "`git add .` from a commit (keep it outside the repository, or list it in .gitignore)"
+    )
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:

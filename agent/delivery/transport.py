@@ -227,7 +227,8 @@ class MqttTransport:
             self._pump.max_payload_bytes = min(self.settings.max_payload_kb * 1024, int(limit) - 1024)
         self.connects += 1
         self._subscribe_all(client)
-        log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port, flags)
+        present = bool(getattr(flags, "session_present", False))  # paho's ConnectFlags, not its repr
+        log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port, present)
         self.connected.set()
         self._pump.wake()
         if self.on_connected is not None:

@@ -1,4 +1,4 @@
-"""`edgebench agent run|status` and `edgebench keys generate`: thin wrappers over
+"""`edgebench agent run|status|export` and `edgebench keys generate`: thin wrappers over
 agent.service.daemon and wire.signing."""
 
 from __future__ import annotations
@@ -126,6 +126,34 @@ def status(as_json: bool, **kw) -> None:
         )
 
 
+@agent_group.command("export")
+@_config_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the JSON lines here (default: stdout).",
+)
+@click.option("--all", "include_rejected", is_flag=True, help="Also the rows the broker refused.")
+def export(out: Path | None, include_rejected: bool, **kw) -> None:
+    """Write the outbox (results and job events the collector has not confirmed) as JSON lines, one
+    message per line, for `edgebench collector import` on a device without a broker. Reads the outbox
+    read-only: a running agent is not disturbed, and nothing is removed."""
+    from agent.delivery.outbox import OutboxError
+    from agent.service.export import ExportError, export_outbox
+
+    config = _load(**kw)
+    try:
+        summary = export_outbox(config.outbox_path, out, include_rejected=include_rejected)
+    except (OutboxError, ExportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    where = out if out is not None and str(out) != "-" else "stdout"
+    click.echo(
+        f"exported {summary.lines} message(s) ({summary.describe()}) from {config.outbox_path} to {where}",
+        err=True,
+    )
+
+
 @click.group(name="keys")
 def keys_group() -> None:
     """Signing keys for jobs (Ed25519)."""
@@ -136,7 +164,7 @@ def keys_group() -> None:
 @click.option("--name", default="collector", show_default=True, help="File stem: NAME.key and NAME.pub.")
 def generate(out_dir: Path, name: str) -> None:
     """Write a new key pair: NAME.key (private, 0600, for the collector) and NAME.pub (for the devices)."""
-    from wire.signing import SignatureError, generate_keypair, key_id, load_public_key
+    from wire.signing import SignatureError, generate_keypair, key_id, load_public_key, secret_file_warning
 
     try:
         key_path, pub_path = generate_keypair(out_dir, name)
@@ -145,3 +173,5 @@ def generate(out_dir: Path, name: str) -> None:
     click.echo(f"private key {key_path}  (keep it on the collector)")
     click.echo(f"public key  {pub_path}  (copy to each device; [jobs] trusted_keys)")
     click.echo(f"key id      {key_id(load_public_key(pub_path))}")
+    if warning := secret_file_warning(key_path):
+        click.echo(warning, err=True)

@@ -92,19 +92,25 @@ def devices(db: str | None, config_path: str | None, as_json: bool) -> None:
 
 
 @fleet_group.command("jobs")
+@click.argument("job", required=False)
 @db_option
 @config_option
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def jobs(db: str | None, config_path: str | None, limit: int, as_json: bool) -> None:
-    """Recent jobs with each device's latest state."""
+def jobs(job: str | None, db: str | None, config_path: str | None, limit: int, as_json: bool) -> None:
+    """Recent jobs with each device's latest state, as the devices' job events arrive; JOB (an id or a
+    unique prefix of one, e.g. the 8 characters listed): that job only, with its full id."""
     import dataclasses
     import json
 
     from collector.fleet.listings import list_jobs
+    from collector.store.ids import IdError
 
     _, database = _open(db, config_path)
-    rows = list_jobs(database, limit)
+    try:
+        rows = list_jobs(database, limit, job=job)
+    except IdError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return
@@ -116,7 +122,7 @@ def jobs(db: str | None, config_path: str | None, limit: int, as_json: bool) -> 
             ["JOB", "CREATED", "TARGET", "ARTIFACTS", "STATE", "DEVICES"],
             [
                 [
-                    r.job_id[:8],
+                    r.job_id if job else r.job_id[:8],
                     r.created_at,
                     r.target,
                     ", ".join(r.artifacts),

@@ -69,7 +69,9 @@ def _mosquitto_passwd(binary: str | None) -> str:
 def set_password(
     password_file: Path, username: str, password: str, *, mosquitto_passwd: str | None = None
 ) -> None:
-    """Add or update ``username`` in mosquitto's password file (created 0640 if missing)."""
+    """Add or update ``username`` in mosquitto's password file. A missing one is created 0600 (0640 and
+    group mosquitto when run as root on a broker host, so that mosquitto can read it on a reload);
+    mosquitto_passwd keeps the mode."""
     binary = _mosquitto_passwd(mosquitto_passwd)
     if ":" in username or not password or any(c in password for c in "\n\r"):
         raise EnrollError("username must not contain ':' and the password must be one non-empty line")
@@ -77,7 +79,8 @@ def set_password(
     if not password_file.parent.is_dir():
         raise EnrollError(f"no such directory for the password file: {password_file.parent}")
     if not password_file.exists():
-        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)  # exactly, whatever the umask
         os.close(fd)
         _group_for_mosquitto(password_file)
     # -b takes the password as an argument (briefly visible in the process list of this host); mosquitto
@@ -97,7 +100,7 @@ def set_password(
 
 
 def _group_for_mosquitto(path: Path) -> None:
-    """On a Debian broker host mosquitto runs as user mosquitto: let its group read the file."""
+    """On a Debian broker host mosquitto runs as user mosquitto: let its group (only) read the file."""
     if os.geteuid() != 0:
         return
     try:
@@ -107,6 +110,7 @@ def _group_for_mosquitto(path: Path) -> None:
     except (ImportError, KeyError):
         return
     os.chown(path, 0, gid)
+    os.chmod(path, 0o640)
 
 
 def install_command(

@@ -68,6 +68,11 @@ def enroll(
         )
     except EnrollError as exc:
         raise click.ClickException(str(exc)) from None
+    from wire.signing import secret_file_warning
+
+    warning = secret_file_warning(result.password_file)
+    if warning:
+        click.echo(warning, err=True)
     click.echo(f"enrolled {result.device_id}: MQTT user {result.username!r} in {result.password_file}")
     click.echo("reload the broker so it reads the new password: systemctl reload mosquitto")
     if result.bundle_dir is not None:

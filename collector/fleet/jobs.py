@@ -13,13 +13,16 @@ import sqlite_utils
 from collector.fleet.artifacts import RegisteredArtifact
 from collector.fleet.errors import FleetError
 from collector.fleet.listings import device_tags
+from collector.store.ids import DEVICE, AmbiguousIdError, IdError, pick_unique
 from wire import topics
 from wire.schema import BenchSettings, Job, SchemaError, new_id
 from wire.timestamps import Clock, system_clock, to_wire
 
 
 def resolve_target(db: sqlite_utils.Database, to: str) -> tuple[str, list[str]]:
-    """``DEVICE`` | ``device:DEVICE`` | ``tag:TAG`` | ``all`` -> (job target, known devices it reaches)."""
+    """``DEVICE`` | ``device:DEVICE`` | ``tag:TAG`` | ``all`` -> (job target, known devices it reaches).
+
+    ``DEVICE`` is a known device id or a unique prefix of one."""
     known = device_tags(db)
     to = to.strip()
     if to == "all":
@@ -42,9 +45,13 @@ def resolve_target(db: sqlite_utils.Database, to: str) -> tuple[str, list[str]]:
         topics.check_id(device)
     except topics.TopicError as exc:
         raise FleetError(str(exc)) from None
-    if device not in known:
+    try:  # a unique prefix names its device
+        device = pick_unique(device, known, DEVICE.noun)
+    except AmbiguousIdError as exc:
+        raise FleetError(str(exc)) from None
+    except IdError:
         hint = ", ".join(list(known)[:10]) or "none registered yet"
-        raise FleetError(f"unknown device {device!r} (known: {hint}); use tag:TAG or all")
+        raise FleetError(f"unknown device {device!r} (known: {hint}); use tag:TAG or all") from None
     return f"device:{device}", [device]
 
 

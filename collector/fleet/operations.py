@@ -29,8 +29,8 @@ from collector.fleet.artifacts import (
 )
 from collector.fleet.errors import FleetError
 from collector.fleet.jobs import addressed_by, build_job, parse_duration, resolve_target, sign
-from collector.fleet.listings import DeviceRow, JobRow, device_tags, list_devices, list_jobs
-from collector.fleet.push import DISPLAY, FINAL, DeviceProgress, Pusher, PushOutcome, apply_event
+from collector.fleet.listings import DISPLAY, FINAL, DeviceRow, JobRow, device_tags, list_devices, list_jobs
+from collector.fleet.push import DeviceProgress, Pusher, PushOutcome, apply_event
 
 __all__ = [
     "DISPLAY",

@@ -18,6 +18,7 @@ from collector.fleet.artifacts import RegisteredArtifact, register
 from collector.fleet.chunks import ChunkServer
 from collector.fleet.errors import FleetError
 from collector.fleet.jobs import addressed_by, build_job, sign
+from collector.fleet.listings import DISPLAY, FINAL
 from collector.messages.parse import CHUNK_SHARE
 from collector.mqtt.client import connect_kwargs, make_client
 from collector.store.sqlite import insert_job_events, record_job, set_job_state
@@ -25,15 +26,6 @@ from wire import topics
 from wire.schema import BenchSettings, Job, JobEvent
 
 log = logging.getLogger("edgebench.fleet")
-
-
-FINAL = {"done": "done", "failed": "failed", "rejected": "failed", "cancelled": "failed", "aborted": "failed"}
-DISPLAY = {
-    "received": "queued",
-    "fetching": "transferring",
-    "verifying": "transferring",
-    "running": "running",
-}
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""`edgebench collector serve|status` (thin wrappers over collector.ingest.ingestor and
-collector.ingest.health)."""
+"""`edgebench collector serve|status|import` (thin wrappers over collector.ingest.ingestor,
+collector.ingest.health and collector.ingest.file_import)."""
 
 from __future__ import annotations
 
@@ -83,8 +83,14 @@ def serve(
     if batch_max:
         config = replace(config, batch_max=batch_max)
     stop = threading.Event()
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     click.echo(
         f"collector: {config.db} <- mqtt://{config.broker.host}:{config.broker.port} "
         f"(MQTT {'5' if config.broker.mqtt_version == 5 else '3.1.1'}, session {config.client_id!r}, "
@@ -95,6 +101,9 @@ def serve(
         run_serve(config, stop, workers=workers, serve_chunks=not no_chunks, create_db=create_db)
     except ServeError as exc:
         raise click.ClickException(str(exc)) from None
+    # every acknowledged message is committed by now: say so, so that a SIGTERM never ends in silence
+    how = f" on {stopped_by[0]}" if stopped_by else ""
+    click.echo(f"collector: stopped{how}; every message acknowledged is stored in {config.db}", err=True)
 
 
 @collector_group.command("status")
@@ -127,4 +136,37 @@ def status(db: str | None, config_path: str | None, as_json: bool) -> None:
     else:
         click.echo(format_health(health))
     if health.not_writing or health.stalled or health.db_error:
+        raise SystemExit(1)
+
+
+@collector_group.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    help="SQLite database (default: db in collector.toml); created if missing.",
+)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="collector.toml")
+def import_(files: tuple[Path, ...], db: str | None, config_path: str | None) -> None:
+    """Load result files into the database without a broker: the JSON array `edgebench bench --out`
+    writes, JSON lines, or `edgebench agent export`. Each record is checked as MQTT input is: valid
+    ones are stored (a result already there is not stored twice), bad ones become dead letters. A file
+    that cannot be read is reported and skipped (exit 1); the others are imported."""
+    from collector.ingest.file_import import ImportDbError, import_files
+
+    try:
+        config = load_config(config_path, overrides={"db": db})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        summary = import_files(
+            config.db,
+            files,
+            max_payload_bytes=config.max_payload_bytes,
+            on_error=lambda line: click.echo(f"Error: {line}", err=True),
+        )
+    except ImportDbError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{config.db}: {summary.line()}")
+    if summary.errors:
         raise SystemExit(1)

@@ -125,10 +125,19 @@ class _Indexer:
         key = cell_key(row)
         cid = self.cells.get(key)
         if cid is None:
-            cur = self.conn.execute(
-                f"INSERT INTO report_cells ({CELL_COLUMNS}) VALUES ({', '.join('?' * 11)})", cell_values(row)
+            # another process (a collector worker, a report with refresh) may have added it since this
+            # indexer read the cells: keep theirs
+            self.conn.execute(
+                f"INSERT OR IGNORE INTO report_cells ({CELL_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                cell_values(row),
             )
-            cid = int(cur.lastrowid or 0)
+            cid = int(
+                self.conn.execute(
+                    "SELECT cell_id FROM report_cells WHERE device_id = ? AND artifact_sha256 = ? "
+                    "AND runtime = ? AND threads = ? AND batch = ?",
+                    key,
+                ).fetchone()[0]
+            )
             self.cells[key] = cid
         return cid
 
@@ -210,12 +219,18 @@ def refresh_index(
     added = 0
     try:
         indexer = _Indexer(conn)
-        hwm = _meta(conn, "results_rowid")
         while True:
-            rows = conn.execute(f"{_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?", (hwm, batch)).fetchall()
-            if not rows:
-                break
+            # the high-water mark is read under the write lock: two refreshers (collector workers, a
+            # report with refresh) never index the same rows twice
             with conn:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                hwm = _meta(conn, "results_rowid")
+                rows = conn.execute(
+                    f"{_SELECT} WHERE rowid > ? ORDER BY rowid LIMIT ?", (hwm, batch)
+                ).fetchall()
+                if not rows:
+                    break
                 new = indexer.add(rows)
                 indexer.flush_daily()
                 added += new
