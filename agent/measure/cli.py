@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from agent.measure.bench import BenchOptions, run_benchmark
+from wire.artifacts import UNKNOWN_SHA256
 from wire.errors import EdgebenchError
 from wire.schema import (
     PERCENTILE_FLOORS,
@@ -85,7 +86,8 @@ _MODEL_COLUMNS = (
 def format_model(records: list[ResultRecord]) -> str:
     """One model's records: a header line, a row per configuration, notes from the first ok record."""
     a = records[0].artifact
-    head = f"{a.name}  ({a.format}, {a.precision}, {a.size_bytes / 1e6:.3f} MB, sha256 {a.sha256[:12]})"
+    sha = "unreadable" if a.sha256 == UNKNOWN_SHA256 else a.sha256[:12]
+    head = f"{a.name}  ({a.format}, {a.precision}, {a.size_bytes / 1e6:.3f} MB, sha256 {sha})"
     rows = [list(_MODEL_COLUMNS), *(_config_row(r) for r in records)]
     ok = [r for r in records if r.status == "ok"]
     notes = _notes(ok[0]) if ok else []
@@ -166,9 +168,10 @@ def _board_note(b: BoardState) -> str:
         else "cpufreq unavailable"
     )
     throttled = "unavailable" if b.throttled_now is None else f"{b.throttled_now} (0x{b.throttled_bits:x})"
+    steal = "-" if b.steal_pct is None else f"{b.steal_pct:.2f}%"
     return (
         f"board: {temp}; {freq}; throttled {throttled}; "
-        f"PSI cpu some avg10 {_f(b.psi_cpu_some_avg10, 2)}; steal {_f(b.steal_pct, 2)}%"
+        f"PSI cpu some avg10 {_f(b.psi_cpu_some_avg10, 2)}; steal {steal}"
     )
 
 

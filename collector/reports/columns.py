@@ -35,7 +35,7 @@ def matrix_columns(report: Report) -> tuple[list[str], list[list[str]]]:
         "peak MB",
         "energy mJ/inf",
         "energy method",
-        "acc Δ pts",
+        "acc drop pt",  # the converter's word and sign: points of accuracy lost vs fp32
         "ship",
     ]
     body = []
@@ -57,7 +57,7 @@ def matrix_columns(report: Report) -> tuple[list[str], list[list[str]]]:
                 num(r.peak_mb, 1),
                 num(r.energy_j * 1000 if r.energy_j is not None else None, 3),
                 r.energy_method or "-",
-                num(r.accuracy_delta),
+                num(-r.accuracy_delta if r.accuracy_delta else r.accuracy_delta),
                 "<- ship" if r.recommended else "",
             ]
         )

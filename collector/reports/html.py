@@ -88,7 +88,10 @@ def before_after(device: str, rows: list[MatrixRow]) -> str:
         ("size (MB)", [r.size_bytes / 1e6 if r.size_bytes else np.nan for r in rows]),
         ("p50 latency (ms)", [r.p50_ms for r in rows]),
         ("peak memory (MB)", [r.peak_mb if r.peak_mb is not None else np.nan for r in rows]),
-        ("accuracy Δ (points)", [r.accuracy_delta if r.accuracy_delta is not None else np.nan for r in rows]),
+        (
+            "accuracy drop (points lost vs fp32)",
+            [-r.accuracy_delta if r.accuracy_delta is not None else np.nan for r in rows],
+        ),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(15, 0.45 * len(rows) + 1.4), sharey=True)
     labels = [_label(r, rows) for r in rows]
