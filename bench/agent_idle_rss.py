@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgebench.broker import MosquittoBroker  # noqa: E402
-from tests.support.fleet_peer import FleetPeer, wait_until  # noqa: E402
+from testkit.fleet_peer import FleetPeer, wait_until  # noqa: E402
 from wire.signing import generate_keypair  # noqa: E402
 
 RUNTIME_LIBS = ("onnxruntime", "ai_edge_litert", "tflite_runtime", "_pywrap")
@@ -59,7 +59,7 @@ def main() -> None:
                 raise SystemExit("agent did not come online")
             time.sleep(args.idle_s)
             idle, idle_libs = proc_mb(agent.pid), runtime_mapped(agent.pid)
-            from tests.support.models import make_mlp_onnx
+            from testkit.models import make_mlp_onnx
 
             ref = peer.add_artifact(make_mlp_onnx(tmp / "tiny.onnx"))
             from wire.schema import BenchSettings

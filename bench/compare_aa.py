@@ -3,7 +3,7 @@
     python bench/compare_aa.py                     # 4 pushes of the same 3 artifacts to 2 agents
     python bench/compare_aa.py --pushes 6 --shift 1.1 --min-time 1.0
 
-Real processes throughout (tests/support/fault_fleet.py): mosquitto, `edgebench collector serve`, two
+Real processes throughout (testkit/fault_fleet.py): mosquitto, `edgebench collector serve`, two
 `edgebench agent run` (one thread each), `edgebench fleet push` of the same artifacts N times. Every job
 is identical work, so every row of `compare job:A,B job:C,D` over disjoint sets of jobs is an A/A row:
 any regression or improvement it calls is a false alarm. All splits k vs k (k = 2 .. N/2) are counted;
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from collector.reports.compare import compare_runs  # noqa: E402
-from tests.support.fault_fleet import Fleet  # noqa: E402
+from testkit.fault_fleet import Fleet  # noqa: E402
 
 WIDTHS = (128, 256, 384)
 FLAGGED = ("regression", "improvement")

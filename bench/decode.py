@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from collector.messages.fastcodec import decode_json  # noqa: E402
-from tests.support.records import make_record  # noqa: E402
+from testkit.records import make_record  # noqa: E402
 from wire.schema import ResultRecord  # noqa: E402
 
 
 def realistic_payload(samples: int) -> bytes:
-    """The benchmark record of tests.support.records, with ``samples`` kept latency samples (the agent
+    """The benchmark record of testkit.records, with ``samples`` kept latency samples (the agent
     keeps them by default: min_runs 100), three repeat medians and a job id."""
     record = make_record(job_id="0d8f1c6e-5d6b-4c0e-9d4e-6a1f2b3c4d5e")
     rng = random.Random(1)

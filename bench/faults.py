@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import fault_scenarios as fs  # noqa: E402
-from tests.support.fault_fleet import Outcome  # noqa: E402
+from testkit import fault_scenarios as fs  # noqa: E402
+from testkit.fault_fleet import Outcome  # noqa: E402
 
 
 def _disk(work: Path, scale: fs.Scale) -> Outcome:

@@ -1,5 +1,5 @@
 """Fuzz the collector: a real mosquitto and a real collector (collector.ingest.ingestor.Ingestor) take N
-generated hostile payloads (tests/support/hostile.py, the generators of the property tests) mixed
+generated hostile payloads (testkit/hostile.py, the generators of the property tests) mixed
 with valid records on the results, status and events topics. One run.
 
     python bench/fuzz_ingest.py               # 10,000 payloads, 1 in 5 a valid record
@@ -29,8 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from collector.config import BrokerSettings, CollectorConfig  # noqa: E402
 from collector.ingest.ingestor import Ingestor  # noqa: E402
 from edgebench.broker import MosquittoBroker  # noqa: E402
-from tests.support import hostile as h  # noqa: E402
-from tests.support.records import make_record  # noqa: E402
+from testkit import hostile as h  # noqa: E402
+from testkit.records import make_record  # noqa: E402
 from wire import topics  # noqa: E402
 from wire.schema import new_id  # noqa: E402
 

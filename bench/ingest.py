@@ -2,7 +2,7 @@
 (b) the collector storing the same N messages in SQLite (acknowledged after commit). One run.
 
 Every consumer gets the *same* messages: persistent sessions are created first, then several
-publisher processes (tests/support/publish.py) publish N records while all are offline, so
+publisher processes (testkit/publish.py) publish N records while all are offline, so
 mosquitto holds N queued messages per session and the publishers cannot be the limit. Each
 consumer then drains its queue; the rate is measured from its first to its last message.
 Afterwards the database must hold exactly
@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
 from edgebench.broker import MosquittoBroker  # noqa: E402
-from tests.support.records import make_record  # noqa: E402
+from testkit.records import make_record  # noqa: E402
 from wire import topics  # noqa: E402
 
 
@@ -149,7 +149,7 @@ def _round(
                 [
                     sys.executable,
                     "-m",
-                    "tests.support.publish",
+                    "testkit.publish",
                     str(port),
                     topics.results(device),
                     str(lines),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgebench.broker import MosquittoBroker  # noqa: E402
-from tests.support.fleet_peer import FleetPeer, wait_until  # noqa: E402
+from testkit.fleet_peer import FleetPeer, wait_until  # noqa: E402
 from wire.signing import generate_keypair  # noqa: E402
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from collector.reports.latency import ReportFilter, latency_report
 from collector.store.report_index import refresh_index
 from collector.store.sqlite import connect, insert_results, open_db
-from tests.support.report_records import VARIANTS, make_record
+from testkit.report_records import VARIANTS, make_record
 
 
 def fill(path: Path, rows: int, devices: int = 20) -> float:

@@ -10,7 +10,7 @@ from edgebench.broker import MosquittoBroker, mosquitto_path
 
 DATA = Path(__file__).parent / "data"
 
-pytest_plugins = ["tests.support.small_disk"]  # the small_disk fixture: a real tmpfs to fill
+pytest_plugins = ["testkit.small_disk"]  # the small_disk fixture: a real tmpfs to fill
 
 
 @pytest.fixture(scope="session")
@@ -38,26 +38,26 @@ def db_path(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_mlp_onnx(tmp_path_factory) -> Path:
-    from tests.support.models import make_mlp_onnx
+    from testkit.models import make_mlp_onnx
 
     return make_mlp_onnx(tmp_path_factory.mktemp("models") / "tiny_mlp.onnx")
 
 
 @pytest.fixture(scope="session")
 def tiny_cnn_onnx(tmp_path_factory) -> Path:
-    from tests.support.models import make_cnn_onnx
+    from testkit.models import make_cnn_onnx
 
     return make_cnn_onnx(tmp_path_factory.mktemp("models") / "tiny_cnn.onnx")
 
 
 @pytest.fixture(scope="session")
 def two_input_onnx(tmp_path_factory) -> Path:
-    from tests.support.models import make_two_input_onnx
+    from testkit.models import make_two_input_onnx
 
     return make_two_input_onnx(tmp_path_factory.mktemp("models") / "two_inputs.onnx")
 
 
 @pytest.fixture(scope="session")
 def tiny_mlp_tflite() -> Path:
-    """Committed; regenerate with tests/support/make_tflite.py."""
+    """Committed; regenerate with testkit/make_tflite.py."""
     return DATA / "tiny_mlp.tflite"

@@ -2,7 +2,7 @@
 recently used first, never the running job's artifacts) before results, job state or the next
 artifact are refused for space, and ``agent status`` says what was evicted.
 
-Real 4 MB tmpfs (tests/support/small_disk.py, needs root), real SQLite, real chunked delivery over a
+Real 4 MB tmpfs (testkit/small_disk.py, needs root), real SQLite, real chunked delivery over a
 real mosquitto for the service scenario.
 """
 
@@ -23,7 +23,7 @@ from agent.jobs.chunk_fetch import ArtifactFetcher, DeliveryError
 from agent.jobs.evictions import EVICTIONS_FILE, read_evictions
 from agent.jobs.store import JobStore
 from agent.service.daemon import AgentService
-from tests.support.fleet_peer import FleetPeer, wait_until
+from testkit.fleet_peer import FleetPeer, wait_until
 from tests.test_agent_service import DEVICE, QUICK, make_config
 from wire.schema import ArtifactChunk, ArtifactRef, ChunkRequest, DeviceInfo, new_id
 from wire.signing import generate_keypair

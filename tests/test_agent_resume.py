@@ -22,9 +22,9 @@ from agent.jobs.store import MAX_RESUMES, JobStore
 from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
 from collector.ingest.ingestor import Ingestor
-from tests.support.fleet_peer import FleetPeer, wait_until
-from tests.support.models import make_mlp_onnx
-from tests.support.records import make_record
+from testkit.fleet_peer import FleetPeer, wait_until
+from testkit.models import make_mlp_onnx
+from testkit.records import make_record
 from tests.test_agent_service_process import DEVICE, agent_status, start_agent, write_config
 from wire.schema import ArtifactRef, BenchSettings, DeviceInfo, Job, ResultRecord, new_id, utc_now
 from wire.signing import generate_keypair

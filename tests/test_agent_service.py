@@ -12,7 +12,7 @@ import pytest
 
 from agent.service.config import AgentConfig, BrokerSettings, HeartbeatSettings, JobsSettings
 from agent.service.daemon import AgentService
-from tests.support.fleet_peer import FleetPeer, wait_until
+from testkit.fleet_peer import FleetPeer, wait_until
 from wire.schema import BenchSettings, CancelJob, DeviceInfo, new_id, utc_now
 from wire.signing import generate_keypair
 

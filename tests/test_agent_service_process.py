@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fleet_peer import FleetPeer, wait_until
+from testkit.fleet_peer import FleetPeer, wait_until
 from wire.schema import BenchSettings
 from wire.signing import generate_keypair
 

@@ -14,7 +14,7 @@ from collector.fleet.cli import fleet_group
 from collector.reports.cli import report_group
 from collector.service.cli import collector_group
 from collector.store.sqlite import insert_results, open_db
-from tests.support.records import make_record
+from testkit.records import make_record
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """`report compare` calibrated by simulation: false alarms on identical work, power for a 10 % slowdown.
 
 Synthetic runs like real ones. Within a run (what a record's samples hold, cf.
-tests/support/report_records.py): per-sample lognormal noise of 5 %, 2 % of samples hit by a spike
+testkit/report_records.py): per-sample lognormal noise of 5 %, 2 % of samples hit by a spike
 (x1.2-3: preemption, GC), a 2 % thermal drift from the first sample to the last, 100-500 samples; the
 run's median is what the comparison sees (the record's p50). Between runs: a run-level random effect on
 ln(latency), N(0, sigma_run) (another process start, warm-up, board temperature), and in the "throttled"
@@ -25,7 +25,7 @@ import pytest
 from collector.reports.compare import compare_runs
 from collector.reports.stats import REGRESSION, compare_run_medians
 from collector.store.sqlite import insert_results, open_db
-from tests.support.report_records import make_record
+from testkit.report_records import make_record
 
 ALPHA = 0.05
 TYPICAL_SIGMA_RUN = 0.03

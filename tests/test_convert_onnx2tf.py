@@ -33,7 +33,7 @@ def _sha(path) -> str:
 def converted(tmp_path_factory):
     """A tiny 3-channel CNN (the case where onnx2tf would download calibration images) through 4 variants."""
     from converter.pipeline import convert
-    from tests.support.models import make_cnn_onnx
+    from testkit.models import make_cnn_onnx
 
     d = tmp_path_factory.mktemp("onnx2tf")
     model = make_cnn_onnx(d / "tiny_rgb.onnx", channels=3, size=8)

@@ -25,8 +25,8 @@ from collector.ingest.ingestor import Ingestor
 from collector.service.cli import collector_group
 from collector.store.sqlite import insert_results, open_db
 from collector.store.watch import state_dir
-from tests.support.mqtt_peer import Peer, db_count, publisher, wait_for
-from tests.support.records import make_record
+from testkit.mqtt_peer import Peer, db_count, publisher, wait_for
+from testkit.records import make_record
 from wire import topics
 from wire.schema import new_id
 

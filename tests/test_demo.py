@@ -96,7 +96,7 @@ def test_demo_cli_error_has_no_traceback(tmp_path, tiny_cnn_onnx):
 def _previous_run(work: Path) -> None:
     """What a finished demo run leaves in its folder (a real database with another run's device)."""
     from collector.store.sqlite import insert_results, open_db
-    from tests.support.records import make_record
+    from testkit.records import make_record
 
     db = open_db(work / "edgebench.db")
     insert_results(db, [make_record("x86-gateway")])

@@ -18,9 +18,9 @@ from agent.service.daemon import AgentService, run_measurement
 from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
 from collector.ingest.ingestor import Ingestor
-from tests.support.fleet_peer import FleetPeer, wait_until
-from tests.support.mqtt_peer import Peer, db_count, wait_for
-from tests.support.records import make_record
+from testkit.fleet_peer import FleetPeer, wait_until
+from testkit.mqtt_peer import Peer, db_count, wait_for
+from testkit.records import make_record
 from tests.test_agent_service import DEVICE, QUICK, make_config
 from wire import topics
 from wire.schema import DeviceInfo, new_id

@@ -3,7 +3,7 @@ as `edgebench collector serve` with its default settings (2 workers on a shared 
 `edgebench agent run` processes, jobs pushed with `edgebench fleet push`.
 
 Each scenario prints `<scenario>: produced P / stored unique S / lost L / duplicated D` and asserts
-nothing is lost or stored twice. The scenarios live in tests/support/fault_scenarios.py; bench/faults.py
+nothing is lost or stored twice. The scenarios live in testkit/fault_scenarios.py; bench/faults.py
 runs the same ones larger (3 devices, 9 artifacts, 20,000 streamed results).
 
 The original report: broker killed (-9) while the devices ran a pushed job, back 20 s later; the devices
@@ -18,8 +18,8 @@ import os
 
 import pytest
 
-from tests.support import fault_scenarios as fs
-from tests.support.small_disk import SmallDisk
+from testkit import fault_scenarios as fs
+from testkit.small_disk import SmallDisk
 
 
 def _check(out) -> None:

@@ -24,7 +24,7 @@ from collector.fleet.operations import (
     sign,
 )
 from collector.store.sqlite import insert_results, open_db, record_job, upsert_device
-from tests.support.records import make_record, make_status
+from testkit.records import make_record, make_status
 from wire.artifacts import file_sha256
 from wire.manifest import (
     Fidelity,

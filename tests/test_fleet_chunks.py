@@ -11,7 +11,7 @@ from collector.config import BrokerSettings
 from collector.fleet.chunks import ChunkServer
 from collector.mqtt.client import make_client
 from collector.store.sqlite import open_db, record_job, register_artifact
-from tests.support.mqtt_peer import Peer, wait_for
+from testkit.mqtt_peer import Peer, wait_for
 from wire import topics
 from wire.artifacts import file_sha256
 from wire.schema import ArtifactChunk, ArtifactRef, BenchSettings, ChunkRequest, Job, new_id, utc_now

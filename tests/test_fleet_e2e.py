@@ -15,7 +15,7 @@ from collector.config import BrokerSettings as CollectorBroker
 from collector.config import CollectorConfig
 from collector.fleet.cli import fleet_group
 from collector.service.workers import run_ingestor
-from tests.support.mqtt_peer import db_count, wait_for
+from testkit.mqtt_peer import db_count, wait_for
 from wire.signing import generate_keypair
 
 DEVICES = ("pi-one", "pi-two")

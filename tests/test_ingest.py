@@ -15,8 +15,8 @@ from collector.ingest.health import collector_health
 from collector.ingest.ingestor import Ingestor
 from collector.messages.parse import parse
 from collector.service.cli import collector_group
-from tests.support.mqtt_peer import Peer, db_count, wait_for
-from tests.support.records import make_record, make_status
+from testkit.mqtt_peer import Peer, db_count, wait_for
+from testkit.records import make_record, make_status
 from wire import topics
 from wire.schema import JobEvent, new_id
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.messages.fastcodec import _fast_path, decode_json
-from tests.support.records import make_record
+from testkit.records import make_record
 from tests.test_schema import _records_unchecked, strategy_for
 from wire.schema import ChunkRequest, DeviceStatus, JobEvent, ResultRecord, SchemaError
 

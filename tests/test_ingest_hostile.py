@@ -12,9 +12,9 @@ import pytest
 from collector.config import BrokerSettings, CollectorConfig
 from collector.ingest.ingestor import Ingestor
 from collector.messages.parse import parse
-from tests.support import hostile as h
-from tests.support.mqtt_peer import Peer, db_count, wait_for
-from tests.support.records import make_record
+from testkit import hostile as h
+from testkit.mqtt_peer import Peer, db_count, wait_for
+from testkit.records import make_record
 from wire import topics
 from wire.schema import new_id
 

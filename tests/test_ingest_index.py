@@ -9,8 +9,8 @@ import time
 from collector.config import BrokerSettings, CollectorConfig
 from collector.ingest.ingestor import Ingestor
 from collector.store.report_index import refresh_index
-from tests.support.mqtt_peer import Peer, db_count, wait_for
-from tests.support.records import make_record
+from testkit.mqtt_peer import Peer, db_count, wait_for
+from testkit.records import make_record
 from wire import topics
 from wire.schema import new_id
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edgebench.broker import MosquittoBroker
-from tests.support.mqtt_peer import db_count, publisher, wait_for
-from tests.support.records import make_record
+from testkit.mqtt_peer import db_count, publisher, wait_for
+from testkit.records import make_record
 from wire import topics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from collector.mqtt.fast import (
     FastClient,
     ack_batch,
 )
-from tests.support.mqtt_peer import Peer, wait_for
+from testkit.mqtt_peer import Peer, wait_for
 from wire.schema import new_id
 
 

@@ -26,8 +26,8 @@ from collector.fleet.chunks import ChunkServer
 from collector.fleet.cli import fleet_group
 from collector.fleet.operations import FleetError, RegisteredArtifact, addressed_by, build_job, parse_duration
 from collector.store.sqlite import open_db, upsert_device
-from tests.support.fleet_peer import FleetPeer, RawSubscriber, wait_until
-from tests.support.records import make_status
+from testkit.fleet_peer import FleetPeer, RawSubscriber, wait_until
+from testkit.records import make_status
 from wire import topics
 from wire.artifacts import file_sha256
 from wire.schema import ArtifactRef, BenchSettings, CancelJob, ChunkRequest, DeviceInfo, Job, new_id

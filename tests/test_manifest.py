@@ -44,8 +44,32 @@ def _manifest() -> Manifest:
             max_abs_error=0.1,
             mean_abs_error=0.01,
             cosine=0.999,
+            relative_error=0.02,
         ),
         host_latency_ms=0.5,
+        host_latency_ci_ms=(0.45, 0.56),
+    )
+    degraded = ManifestArtifact(
+        name="fp16",
+        file="fp16.onnx",
+        sha256="ef" * 32,
+        size_bytes=600,
+        gzip_bytes=500,
+        format="onnx",
+        precision="fp16",
+        fidelity=Fidelity(top1_agreement=100.0, cosine=0.125, relative_error=1.3),
+        status="degraded",
+        error="cosine 0.1250 < 0.99",
+    )
+    noop = ManifestArtifact(
+        name="int8_dynamic",
+        file="int8_dynamic.onnx",
+        sha256="12" * 32,
+        size_bytes=1300,
+        gzip_bytes=900,
+        format="onnx",
+        status="no-op",
+        error="same ops and initializers as its input (fp32.onnx): the pass changed nothing",
     )
     failed = ManifestArtifact(
         name="tflite-fp16",
@@ -59,9 +83,18 @@ def _manifest() -> Manifest:
     )
     return Manifest(
         source=SourceInfo(name="digits", path="/x/digits.onnx", sha256="cd" * 32, format="onnx"),
-        validation=ValidationInfo(dataset="val.npz", n=100, has_labels=True),
+        validation=ValidationInfo(
+            dataset="val.npz",
+            n=100,
+            has_labels=True,
+            output_kind="classification",
+            fidelity_basis="accuracy",
+            reference_classes=10,
+            reference_majority_pct=12.0,
+        ),
         max_accuracy_drop=1.0,
-        artifacts=(art, failed),
+        min_cosine=0.99,
+        artifacts=(art, degraded, noop, failed),
         recommended="onnx-int8-static",
     )
 
@@ -77,6 +110,8 @@ def test_round_trip(tmp_path):
     data = json.loads(path.read_text())
     assert data["schema_version"] == 1 and data["recommended"] == "onnx-int8-static"
     assert data["artifacts"][0]["passes"][1] == {"name": "int8_static", "params": {"per_channel": True}}
+    assert data["artifacts"][0]["host_latency_ci_ms"] == [0.45, 0.56] and data["min_cosine"] == 0.99
+    assert [a["status"] for a in data["artifacts"]] == ["ok", "degraded", "no-op", "failed"]
     assert load_manifest(tmp_path) == m  # a directory works too
 
 
@@ -99,6 +134,11 @@ def test_nan_becomes_null(tmp_path):
         (lambda d: d["artifacts"][0].update(size_bytes="big"), "size_bytes"),
         (lambda d: d.update(recommended="nope"), "recommended"),
         (lambda d: d["artifacts"][0]["fidelity"].update(cosine="x"), "cosine"),
+        (lambda d: d["artifacts"][0].update(status="meh"), "status: 'meh' is not one of"),
+        (lambda d: d["artifacts"][0].update(host_latency_ci_ms=[2.0, 1.0]), "low <= high"),
+        (lambda d: d["artifacts"][0].update(host_latency_ci_ms=1.0), r"expected \[low, high\]"),
+        (lambda d: d["validation"].update(fidelity_basis="vibes"), "fidelity_basis"),
+        (lambda d: d["validation"].update(reference_classes=1.5), "reference_classes"),
     ],
 )
 def test_invalid_manifests_are_refused(tmp_path, mutate, message):
@@ -108,6 +148,22 @@ def test_invalid_manifests_are_refused(tmp_path, mutate, message):
     path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match=message):
         load_manifest(path)
+
+
+def test_a_manifest_without_the_new_facts_still_reads(tmp_path):
+    """Manifests written before fidelity bases and latency CIs: those facts read as null."""
+    data = json.loads(_manifest().to_json())
+    for key in ("min_cosine", "max_relative_error"):
+        data.pop(key)
+    for key in ("output_kind", "fidelity_basis", "reference_classes", "reference_majority_pct"):
+        data["validation"].pop(key)
+    data["artifacts"] = [data["artifacts"][0], data["artifacts"][3]]
+    data["artifacts"][0].pop("host_latency_ci_ms")
+    data["artifacts"][0]["fidelity"].pop("relative_error")
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    m = load_manifest(tmp_path)
+    assert m.min_cosine is None and m.validation.fidelity_basis is None
+    assert m.artifacts[0].host_latency_ci_ms is None and m.artifacts[0].fidelity.relative_error is None
 
 
 def test_unreadable(tmp_path):

@@ -19,7 +19,7 @@ from agent.delivery.outbox_sqlite import SqliteOutbox, read_stats
 from agent.service.export import export_outbox
 from collector.ingest.file_import import import_files
 from edgebench.cli import main
-from tests.support.records import make_record, make_status
+from testkit.records import make_record, make_status
 from wire import topics
 from wire.receipts import event_key, result_key
 from wire.schema import JobEvent

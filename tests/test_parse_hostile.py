@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.messages.parse import DEAD_CLASSES, Parsed, parse
-from tests.support import hostile as h
-from tests.support.records import make_record
+from testkit import hostile as h
+from testkit.records import make_record
 from wire.codec import MAX_DEPTH, load_json
 from wire.schema import ResultRecord, SchemaError, parse_message
 

@@ -28,8 +28,8 @@ from collector.store.ids import (
 from collector.store.report_index import ReportError
 from collector.store.sqlite import insert_results, open_db, record_job, upsert_device
 from edgebench.cli import main
-from tests.support.records import make_status
-from tests.support.report_records import make_record
+from testkit.records import make_status
+from testkit.report_records import make_record
 from wire.schema import BenchSettings
 
 JOB_A = "cf660957-0000-4000-8000-00000000000a"

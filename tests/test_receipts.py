@@ -17,8 +17,8 @@ from collector.config import BrokerSettings, CollectorConfig
 from collector.ingest.ingestor import Ingestor
 from collector.ingest.receipts import MAX_KEYS_PER_RECEIPT, build_receipts
 from collector.messages.parse import parse
-from tests.support.mqtt_peer import db_count, wait_for
-from tests.support.records import make_record
+from testkit.mqtt_peer import db_count, wait_for
+from testkit.records import make_record
 from wire import topics
 from wire.receipts import event_key, key_for_payload, result_key
 from wire.schema import JobEvent, Receipt, new_id, utc_now

@@ -13,7 +13,7 @@ from collector.reports.stats import pooled_stats, quantile
 from collector.store.histograms import encode_hist, merge_by_group
 from collector.store.report_index import ReportError, refresh_index
 from collector.store.sqlite import insert_results, open_db, register_artifact
-from tests.support.report_records import make_record, sha
+from testkit.report_records import make_record, sha
 from wire.schema import ArtifactInfo, LatencyStats
 
 

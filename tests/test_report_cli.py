@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from collector.store.sqlite import insert_results, open_db
 from edgebench.cli import main
-from tests.support.report_records import make_record
+from testkit.report_records import make_record
 
 JOB = str(uuid.UUID(int=7))
 

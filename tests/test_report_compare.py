@@ -23,7 +23,7 @@ from collector.reports.stats import (
 )
 from collector.store.report_index import ReportError
 from collector.store.sqlite import insert_results, open_db
-from tests.support.report_records import make_record
+from testkit.report_records import make_record
 
 JOB_A = str(uuid.UUID(int=1))
 JOB_B = str(uuid.UUID(int=2))

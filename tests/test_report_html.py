@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +12,8 @@ from collector.reports.latency import latency_report
 from collector.reports.render import render_comparison, render_report
 from collector.reports.source import ReportSource
 from collector.store.sqlite import insert_results, open_db
-from tests.support.report_records import make_record
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from report_screenshot import chromium_path, screenshot
+from testkit.report_records import make_record
+from testkit.screenshot import chromium_path, screenshot
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from collector.reports.ops import ops_report
 from collector.store.report_index import ReportError
 from collector.store.sqlite import insert_results, open_db
 from edgebench.cli import main
-from tests.support.records import make_record
+from testkit.records import make_record
 from wire.schema import OpProfile
 
 

@@ -27,7 +27,7 @@ from collector.reports.cli import report_group
 from collector.store.migrations import MIGRATIONS, RESULT_COLUMNS_V1, apply_migrations
 from collector.store.report_index import refresh_index
 from collector.store.sqlite import insert_results, open_db, result_row
-from tests.support.report_records import make_record
+from testkit.report_records import make_record
 from wire.schema import OpProfile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from collector.store.sqlite import (
     register_artifact,
     upsert_device,
 )
-from tests.support.records import SHA, make_record, make_status
+from testkit.records import SHA, make_record, make_status
 from wire.schema import ArtifactRef, JobEvent, new_id
 
 CONTRACT_RESULT_COLUMNS = (

@@ -11,7 +11,7 @@ from agent.delivery.outbox import MemoryOutbox, OutboxError, SqliteOutbox
 from agent.delivery.settings import AgentBrokerSettings as BrokerSettings
 from agent.delivery.transport import MqttTransport, PayloadTooLarge, PublishError
 from edgebench.broker import MosquittoBroker, free_port
-from tests.support.fleet_peer import RawSubscriber, wait_until
+from testkit.fleet_peer import RawSubscriber, wait_until
 
 TOPIC = "edgebench/v1/devices/dev1/results"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgebench.broker import MosquittoBroker
-from tests.support.mqtt_peer import db_count, wait_for
+from testkit.mqtt_peer import db_count, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ELIDED = "..."

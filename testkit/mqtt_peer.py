@@ -36,12 +36,12 @@ def db_count(db_path: Path, sql: str = "SELECT COUNT(*) FROM results", params: t
 
 
 def publisher(port: int, topic: str, lines: Iterable[str], work: Path) -> subprocess.Popen:
-    """A separate process publishing one QoS 1 message per line (tests/support/publish.py)."""
+    """A separate process publishing one QoS 1 message per line (testkit/publish.py)."""
     path = Path(work) / f"lines-{topic.replace('/', '_')}-{time.monotonic_ns()}.txt"
     path.write_text("\n".join(lines) + "\n")
     root = Path(__file__).resolve().parents[2]
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.publish", str(port), topic, str(path)],
+        [sys.executable, "-m", "testkit.publish", str(port), topic, str(path)],
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

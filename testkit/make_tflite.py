@@ -1,6 +1,6 @@
 """Regenerate tests/data/tiny_mlp.tflite (committed, ~5 KB) with litert-torch.
 
-    python tests/support/make_tflite.py
+    python testkit/make_tflite.py
 
 A 16 -> 32 -> 10 MLP with fixed seed, batch 1, float32; the same shape as make_mlp_onnx.
 """

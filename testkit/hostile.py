@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tests.support.records import make_record, make_status
+from testkit.records import make_record, make_status
 from wire.schema import JobEvent, new_id
 
 DEVICE = "dev-h"

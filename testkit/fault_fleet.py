@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgebench.broker import MosquittoBroker, stop_process
-from tests.support.mqtt_peer import wait_for as _wait_for
+from testkit.mqtt_peer import wait_for as _wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL_STATES = ("done", "failed", "rejected", "cancelled", "aborted")
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.2) -> bool:
-    """tests.support.mqtt_peer.wait_for, polling less often (the predicates here query SQLite files)."""
+    """testkit.mqtt_peer.wait_for, polling less often (the predicates here query SQLite files)."""
     return _wait_for(predicate, timeout_s, every_s)
 
 
@@ -369,7 +369,7 @@ class Fleet:
 
 def make_artifacts(directory: Path, n: int) -> list[Path]:
     """``n`` distinct tiny ONNX models (MLPs of different widths and seeds): each its own sha256."""
-    from tests.support.models import make_mlp_onnx
+    from testkit.models import make_mlp_onnx
 
     directory.mkdir(parents=True, exist_ok=True)
     return [make_mlp_onnx(directory / f"mlp_{i}.onnx", hidden=16 + 8 * i, seed=i) for i in range(n)]

@@ -1,6 +1,6 @@
 """Publish every line of a file as one QoS 1 message (MQTT v5) and exit once the broker acknowledged all.
 
-    python -m tests.support.publish PORT TOPIC FILE
+    python -m testkit.publish PORT TOPIC FILE
 
 Used instead of `mosquitto_pub -l`, which in mosquitto 2.0.11 sometimes never exits at end of input
 (eclipse-mosquitto/mosquitto#1448-like race), so a test or benchmark cannot tell when it is done.

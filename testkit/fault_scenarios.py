@@ -1,7 +1,7 @@
-"""The end-to-end fault scenarios, each against real processes (tests/support/fault_fleet.py), at a
+"""The end-to-end fault scenarios, each against real processes (testkit/fault_fleet.py), at a
 given :class:`Scale`: tests/test_faults_e2e.py runs them CI-sized, bench/faults.py larger.
 
-Each returns an :class:`~tests.support.fault_fleet.Outcome` (produced / stored unique / lost / duplicated)
+Each returns an :class:`~testkit.fault_fleet.Outcome` (produced / stored unique / lost / duplicated)
 and raises AssertionError, with the processes' logs, when a step of the scenario itself does not happen
 (a device never runs the job, a fault cannot be made). The callers assert on the outcome.
 """
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tests.support.fault_fleet import ROOT, Fleet, Outcome, make_artifacts, query, scalar, wait_for
+from testkit.fault_fleet import ROOT, Fleet, Outcome, make_artifacts, query, scalar, wait_for
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,8 @@ def broker_outage(work: Path, scale: Scale, outage_s: float, *, kill: bool = Tru
 def collector_kill(work: Path, scale: Scale) -> Outcome:
     """kill -9 of `collector serve` (default: 2 workers) while two publishers stream results, some of
     them twice; restarted with the same sessions."""
-    from tests.support.mqtt_peer import publisher
-    from tests.support.records import make_record
+    from testkit.mqtt_peer import publisher
+    from testkit.records import make_record
     from wire import topics
 
     # Snapshot persistence once a second (see tests/test_ingest_kill.py: autosave on every change makes
@@ -239,8 +239,8 @@ def database_faults(work: Path, scale: Scale) -> Outcome:
     replaced by an older copy holding one result of its own, then made read-only (nothing stored,
     `collector status` says NOT WRITING) and writable again."""
     from collector.store.sqlite import insert_results, open_db
-    from tests.support.mqtt_peer import publisher
-    from tests.support.records import make_record
+    from testkit.mqtt_peer import publisher
+    from testkit.records import make_record
     from wire import topics
 
     with Fleet(work, devices=()) as fleet:
@@ -314,7 +314,7 @@ def disk_too_small(work: Path, scale: Scale, disk_root: Path) -> Outcome:
     fleet = Fleet(work, devices=(device,), data_dirs={device: disk_root / "agent"})
     with fleet:
         artifacts = make_artifacts(work / "artifacts", scale.artifacts)
-        from tests.support.models import make_mlp_onnx
+        from testkit.models import make_mlp_onnx
 
         big = make_mlp_onnx(work / "artifacts" / "too_big.onnx", hidden=80_000, seed=99)  # ~8 MB
         assert big.stat().st_size > shutil.disk_usage(disk_root).total  # bigger than the whole disk
