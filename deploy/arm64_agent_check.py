@@ -4,7 +4,7 @@
 ``run``: starts mosquitto on the host's loopback with the production config deploy/mosquitto/edgebench.conf
 (TLS listener, password file, ACL; only paths and ports rewritten, as in tests/test_deploy_mosquitto.py),
 connects a small collector stand-in as user edgebench-collector on the plain loopback listener
-(tests/support/fleet_peer.py: serves model chunks, signs and sends jobs), starts the agent command given
+(testkit/fleet_peer.py: serves model chunks, signs and sends jobs), starts the agent command given
 after ``--`` (the emulated `edgebench agent run` inside the arm64 root, which connects over TLS with its
 enrolled password), sends it one signed job for ``--model`` and waits for a ResultRecord from an aarch64
 device. The agent and the broker are stopped by their PIDs. Exit 0 on success.
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from collector.fleet.enroll import generate_password, set_password  # noqa: E402
-from tests.support.fleet_peer import FleetPeer, wait_until  # noqa: E402
+from testkit.fleet_peer import FleetPeer, wait_until  # noqa: E402
 from tests.test_deploy_mosquitto import Certs, ProductionBroker, make_certs  # noqa: E402
 from wire.schema import BenchSettings  # noqa: E402
 

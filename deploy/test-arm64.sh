@@ -257,7 +257,7 @@ mkdir -p "$WORK/tmp/models"
 "$PYTHON" -c "
 import sys; sys.path.insert(0, '$REPO')
 from pathlib import Path
-from tests.support.models import make_mlp_onnx
+from testkit.models import make_mlp_onnx
 make_mlp_onnx(Path('$WORK/tmp/models/tiny_mlp.onnx'))
 "
 cp "$REPO/tests/data/tiny_mlp.tflite" "$WORK/tmp/models/tiny_mlp.tflite"
