@@ -185,3 +185,20 @@ def test_concurrent_readers_while_writing(db_path):
         assert out and out == sorted(out)
         assert all(n % 50 == 0 and 0 <= n <= 1000 for n in out)
     assert count(db, "results") == 1000
+
+
+def test_the_sqlite_store_implements_the_store_interface():
+    """collector/store/api.py is the interface a second backend implements: SqliteStore and its
+    transaction have every method the protocols name, with the same parameters."""
+    import inspect
+
+    from collector.store.api import ResultStore, StoreTransaction
+    from collector.store.sqlite import SqliteStore, SqliteTransaction
+
+    for protocol, impl in ((ResultStore, SqliteStore), (StoreTransaction, SqliteTransaction)):
+        names = [n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")]
+        assert names, protocol
+        for name in names:
+            want = list(inspect.signature(getattr(protocol, name)).parameters)
+            have = list(inspect.signature(getattr(impl, name)).parameters)
+            assert have == want, f"{impl.__name__}.{name}{have} != {protocol.__name__}.{name}{want}"

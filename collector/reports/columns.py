@@ -8,6 +8,7 @@ import math
 from collector.reports.compare import Comparison
 from collector.reports.matrix import Report
 from collector.reports.ops import OpsReport
+from wire.schema import PERCENTILE_FLOORS, percentile_supported
 
 __all__ = ["compare_columns", "matrix_columns", "num", "ops_columns"]
 
@@ -51,7 +52,9 @@ def matrix_columns(report: Report) -> tuple[list[str], list[list[str]]]:
                 str(r.runs),
                 num(r.p50_ms, 3),
                 f"{num(r.p50_ci_low_ms, 3)}-{num(r.p50_ci_high_ms, 3)}",
-                num(r.p90_ms, 3),
+                num(r.p90_ms, 3)
+                if percentile_supported("p90_ms", r.n)
+                else f"n<{PERCENTILE_FLOORS['p90_ms']}",
                 "baseline" if r.is_baseline else (f"{r.speedup:.2f}x" if r.speedup else "-"),
                 num(r.size_bytes / 1e6 if r.size_bytes is not None else None),
                 num(r.peak_mb, 1),

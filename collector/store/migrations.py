@@ -162,7 +162,7 @@ MIGRATIONS: tuple[Migration, ...] = (
   status TEXT, job_id TEXT, n INTEGER, p50_ms REAL, p50_ci_low_ms REAL, p50_ci_high_ms REAL,
   peak_mb REAL, energy_j REAL, energy_method TEXT, accuracy_delta REAL,
   raw INTEGER,          -- 1: hist from raw samples, 0: from recorded quantiles
-  hist BLOB,            -- sparse log histogram, see collector/reports/stats.py
+  hist BLOB,            -- sparse log histogram, see collector/store/histograms.py
   PRIMARY KEY (cell_id, finished_at, result_id)
 ) WITHOUT ROWID""",
             "CREATE TABLE IF NOT EXISTS report_meta (key TEXT PRIMARY KEY, value)",
