@@ -34,7 +34,7 @@ from pathlib import Path
 from edgebench.broker import MosquittoBroker, stop_process
 from testkit.mqtt_peer import wait_for as _wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FINAL_STATES = ("done", "failed", "rejected", "cancelled", "aborted")
 
 

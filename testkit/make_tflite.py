@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-OUT = Path(__file__).resolve().parents[1] / "data" / "tiny_mlp.tflite"
+OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "tiny_mlp.tflite"
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def publisher(port: int, topic: str, lines: Iterable[str], work: Path) -> subpro
     """A separate process publishing one QoS 1 message per line (testkit/publish.py)."""
     path = Path(work) / f"lines-{topic.replace('/', '_')}-{time.monotonic_ns()}.txt"
     path.write_text("\n".join(lines) + "\n")
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     return subprocess.Popen(
         [sys.executable, "-m", "testkit.publish", str(port), topic, str(path)],
         cwd=root,
