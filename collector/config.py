@@ -5,6 +5,8 @@ db = "/var/lib/edgebench-collector/edgebench.db"
 client_id = "edgebench-collector"
 signing_key = "/etc/edgebench/keys/collector.key"
 job_expiry_s = 86400    # devices accept a pushed job this long (`fleet push --expires-in` overrides)
+metrics_port = 9464     # Prometheus endpoint (`serve --metrics-port`); 0 (the default): none
+metrics_host = "127.0.0.1"
 [broker]
 host = "localhost"  port = 1883  mqtt_version = 5  keepalive = 30
 tls = false  ca_file = ""  cert_file = ""  key_file = ""  username = ""  password = ""  password_file = ""
@@ -61,6 +63,8 @@ class CollectorConfig:
     serve_chunks: bool = True
     receipts: bool = True  # tell devices what is committed (end-to-end ack; agents delete only then)
     job_expiry_s: int = 7 * 24 * 3600  # `fleet push` default: devices refuse the job after this long
+    metrics_port: int = 0  # `serve`: the Prometheus endpoint's port (collector/service/metrics.py); 0: none
+    metrics_host: str = "127.0.0.1"  # the address it binds
 
     @property
     def session_expiry_s(self) -> int:
@@ -143,6 +147,8 @@ def load_config(
     broker.update({k: v for k, v in (broker_overrides or {}).items() if v is not None})
     if top.get("job_expiry_s", 1) <= 0:
         raise ConfigError(f"job_expiry_s must be > 0 seconds, got {top['job_expiry_s']!r}")
+    if not 0 <= top.get("metrics_port", 0) <= 65535:
+        raise ConfigError(f"metrics_port must be 0..65535 (0: no endpoint), got {top['metrics_port']!r}")
     config = replace(CollectorConfig(**top), broker=CollectorBrokerSettings(**broker))
     check_broker(config.broker)
     return config

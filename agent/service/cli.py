@@ -67,11 +67,30 @@ def agent_group() -> None:
 @agent_group.command("run")
 @_config_options
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def run(log_level: str, **kw) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (default: [metrics] port; 0: none).",
+)
+@click.option("--metrics-host", default=None, help="Address the metrics endpoint binds (default 127.0.0.1).")
+def run(log_level: str, metrics_port: int | None, metrics_host: str | None, **kw) -> None:
     """Run the agent until SIGTERM/SIGINT (starts even while the broker is down)."""
+    from dataclasses import replace
+
     from agent.service.daemon import AgentError, AgentService
 
     config = _load(**kw)
+    if metrics_port is not None or metrics_host:
+        metrics = config.metrics
+        config = replace(
+            config,
+            metrics=replace(
+                metrics,
+                port=metrics.port if metrics_port is None else metrics_port,
+                host=metrics_host or metrics.host,
+            ),
+        )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         left = AgentService(config).run_forever()

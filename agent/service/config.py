@@ -12,6 +12,7 @@ Layout (every key optional; see :class:`AgentConfig` for defaults)::
     [jobs]      trusted_keys cache_mb max_artifact_mb max_job_s max_threads chunk_size chunk_timeout_s
                 chunk_retries
     [heartbeat] interval_s
+    [metrics]   port host               # Prometheus endpoint (`agent run --metrics-port`); port 0: none
 
 Everything is validated when loaded; a mistake raises :class:`ConfigError` with one clear line that
 names the file and the key (``agent.toml: [broker] port: expected an integer, got 'abc'``). The
@@ -46,6 +47,7 @@ __all__ = [
     "ConfigError",
     "HeartbeatSettings",
     "JobsSettings",
+    "MetricsSettings",
     "OutboxSettings",
     "load_config",
 ]
@@ -86,6 +88,12 @@ class HeartbeatSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    port: int = 0  # the Prometheus endpoint (agent/service/metrics.py); 0: none
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device_id: str = field(default_factory=lambda: _default_device_id())
     tags: tuple[str, ...] = ()
@@ -94,6 +102,7 @@ class AgentConfig:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def client_id(self) -> str:
@@ -127,6 +136,7 @@ _SECTIONS = {
     "outbox": OutboxSettings,
     "jobs": JobsSettings,
     "heartbeat": HeartbeatSettings,
+    "metrics": MetricsSettings,
 }
 _TOP = {"device_id", "tags", "data_dir"}
 
@@ -266,6 +276,8 @@ def _check(c: AgentConfig) -> None:
         raise ConfigError("[jobs] max_threads: must be >= 0 (0: no limit)")
     if c.heartbeat.interval_s <= 0:
         raise ConfigError("[heartbeat] interval_s: must be > 0")
+    if not 0 <= c.metrics.port <= 65535:
+        raise ConfigError("[metrics] port: must be 0..65535 (0: no endpoint)")
 
 
 def as_dict(config: AgentConfig) -> dict[str, Any]:

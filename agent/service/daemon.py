@@ -79,12 +79,21 @@ class AgentService:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
+        self._metrics = None  # the Prometheus endpoint (agent.service.metrics) when [metrics] port is set
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> AgentService:
         """Open the data directory, wire the parts together, connect, start the worker and heartbeat."""
         c = self.config
         self._open_storage()
+        if c.metrics.port:  # prometheus_client is imported only then
+            from agent.service.metrics import MetricsError, start_metrics
+
+            try:
+                self._metrics = start_metrics(self)
+            except MetricsError as exc:
+                raise AgentError(str(exc)) from None
+            log.info("metrics on %s", self._metrics.url)
         if not self.trusted:
             log.warning("no trusted signing keys configured: every job will be rejected")
         if self.device is None:
@@ -212,6 +221,8 @@ class AgentService:
         stats = self.outbox.stats()
         if stats.pending:
             log.warning("%d message(s) stay in the outbox for the next start", stats.pending)
+        if self._metrics is not None:
+            self._metrics.close()
         self.outbox.close()
         return flushed
 

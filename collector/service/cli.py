@@ -48,6 +48,14 @@ def collector_group() -> None:
     default=None,
     help="Rows per transaction at most (default 1000).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (default: metrics_port in collector.toml; "
+    "0: none).",
+)
+@click.option("--metrics-host", default=None, help="Address the metrics endpoint binds (default 127.0.0.1).")
 @click.option("-v", "--verbose", is_flag=True)
 def serve(
     db: str | None,
@@ -56,6 +64,8 @@ def serve(
     workers: int,
     no_chunks: bool,
     batch_max: int | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
     verbose: bool,
     **kw: Any,
 ) -> None:
@@ -82,6 +92,10 @@ def serve(
         workers = default_workers(config)
     if batch_max:
         config = replace(config, batch_max=batch_max)
+    if metrics_port is not None:
+        config = replace(config, metrics_port=metrics_port)
+    if metrics_host:
+        config = replace(config, metrics_host=metrics_host)
     stop = threading.Event()
     stopped_by: list[str] = []
 
@@ -97,6 +111,10 @@ def serve(
         f"{workers} worker{'s' if workers > 1 else ''})",
         err=True,
     )
+    if config.metrics_port:
+        click.echo(
+            f"collector: metrics on http://{config.metrics_host}:{config.metrics_port}/metrics", err=True
+        )
     try:
         run_serve(config, stop, workers=workers, serve_chunks=not no_chunks, create_db=create_db)
     except ServeError as exc:

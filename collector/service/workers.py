@@ -113,6 +113,25 @@ def serve(
         workers = default_workers(config)
     if workers < 1:
         raise ServeError("--workers must be >= 1")
+    endpoint = None
+    if config.metrics_port:  # prometheus_client is imported only then
+        from collector.service.metrics import MetricsError, start_metrics
+
+        try:
+            endpoint = start_metrics(config, workers)
+        except MetricsError as exc:
+            raise ServeError(str(exc)) from None
+        log.info("metrics on %s", endpoint.url)
+    try:
+        _serve(config, stop, workers, serve_chunks=serve_chunks, create_db=create_db)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _serve(
+    config: CollectorConfig, stop: threading.Event, workers: int, *, serve_chunks: bool, create_db: bool
+) -> None:
     if workers == 1:
         try:
             run_ingestor(
