@@ -32,12 +32,14 @@ from pathlib import Path
 
 import pytest
 
+from wire.errors import EdgebenchError
+
 USER = "edgebench"
 RUN_AS = "nobody"  # when root: PostgreSQL will not run as root
 
 
-class PostgresUnavailable(RuntimeError):
-    """No PostgreSQL server binaries here (apt-get install postgresql)."""
+class PostgresUnavailable(EdgebenchError, RuntimeError):
+    """No PostgreSQL server: the binaries are missing (apt-get install postgresql) or it did not start."""
 
 
 def pg_bindir() -> Path:
@@ -105,7 +107,7 @@ class PostgresServer:
                "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir, timeout=120)
         if done.returncode != 0:
-            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+            raise PostgresUnavailable(f"initdb failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
 
     def _start(self, timeout_s: float) -> None:
         import psycopg
@@ -133,13 +135,15 @@ class PostgresServer:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited ({self.process.returncode}): {self.log_tail()}")
+                raise PostgresUnavailable(f"postgres exited ({self.process.returncode}): {self.log_tail()}")
             try:
                 psycopg.connect(self.url(), connect_timeout=2).close()
                 return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres not ready in {timeout_s}s: {self.log_tail()}") from None
+                    raise PostgresUnavailable(
+                        f"postgres not ready in {timeout_s}s: {self.log_tail()}"
+                    ) from None
                 time.sleep(0.1)
 
     def log_tail(self, chars: int = 2000) -> str:

@@ -1,4 +1,4 @@
-"""MQTT ingest: every device's results, status and job events into SQLite, once each.
+"""MQTT ingest: every device's results, status and job events into the store, once each.
 
 :class:`Ingestor` composes the pieces, each of one concern:
 
@@ -7,12 +7,18 @@
 - :class:`~collector.ingest.buffer.Inbox`, the bounded queue (back-pressure when full);
 - :class:`~collector.ingest.writer.BatchWriter`: the writer thread takes everything queued (up to
   ``batch_max``), parses and validates it, writes it in ONE transaction and commits (through the
-  database watch, :mod:`collector.store.watch`), and only then are the messages acknowledged
+  store's :class:`~collector.store.api.BatchTarget`), and only then are the messages acknowledged
   (``manual_ack=True``; one write of all the PUBACKs) and the receipts sent;
 - when the stream is idle: :class:`~collector.ingest.health_writer.HealthWriter` (the health row and
   the state file), :class:`~collector.ingest.checkpoint.Checkpointer` (the WAL, on its own thread),
   :class:`~collector.ingest.idle_index.IdleIndexer` (the report index, in steps that give way to the
   next message).
+
+The store is the one ``config.db`` names (:mod:`collector.store.open`): an SQLite file (the default),
+behind its database-file watch (:mod:`collector.store.watch`: deleted, replaced, read-only, full), or a
+``postgresql://`` URL (:class:`~collector.store.postgres.PostgresStore`, reconnecting by itself; several
+collectors may share one database). The WAL checkpointer, the report index and the state files are
+SQLite's only (the PostgreSQL report index is still to come).
 
 A collector killed at any point therefore loses nothing: the broker redelivers the unacknowledged
 messages to the persistent session (MQTT v5 Session Expiry Interval, or ``clean_session=False`` in
@@ -27,6 +33,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 
@@ -40,9 +47,15 @@ from collector.ingest.input import MqttInput
 from collector.ingest.stats import IngestStats
 from collector.ingest.writer import BatchWriter, Committed
 from collector.mqtt.client import make_ingest_client
-from collector.store.watch import DbWatch, DbWatchError, check_database
+from collector.store.api import INTERNAL, BatchTarget, StoreTransaction
+from collector.store.open import SqliteBatchTarget, check_store, is_postgres_url, open_postgres
+from collector.store.watch import DbWatch
 from wire import topics
+from wire.errors import EdgebenchError
 from wire.schema import ChunkRequest, utc_now
+
+if TYPE_CHECKING:
+    from collector.store.postgres import PostgresStore
 
 log = logging.getLogger("edgebench.collector")
 
@@ -89,21 +102,16 @@ class Ingestor:
             self.inbox,
             self.stats,
             self._stop,
-            on_broker_state=lambda state: self.watch.set_broker(state),
+            on_broker_state=self._broker_state,
             client_factory=client_factory,
             shared_group=shared_group,
             control=control,
             chunk_requests=on_chunk_request is not None,
         )
         self.client = self.input.client
-        # The database, watched (collector/store/watch.py): deleted, replaced, read-only, full, I/O errors
-        # stop the acks and recover by themselves. A read-only or failing file at start is no error: the
-        # writer waits.
-        self.watch = DbWatch(config.db, config.client_id, create=create_db)
-        try:
-            self.watch.open()
-        except (DbWatchError, OSError) as exc:
-            raise IngestError(str(exc)) from None
+        self.watch: DbWatch | None = None  # SQLite only
+        self.postgres: PostgresStore | None = None
+        self.target: BatchTarget = self._open_store(config, create_db)
         self.health = HealthWriter(
             config.client_id,
             self.stats,
@@ -113,34 +121,56 @@ class Ingestor:
             chunks_served=lambda: getattr(self.chunk_counter, "chunks_served", 0),
         )
         self.writer = BatchWriter(
-            self.watch,
+            self.target,
             self.stats,
             self._stop,
             max_payload_bytes=config.max_payload_bytes,
             in_transaction=self.health.write_if_due,
         )
-        self.checkpointer = Checkpointer(self.watch, self._stop, every_rows=checkpoint_rows)
-        self.indexer = IdleIndexer(
-            self.watch,
-            self.inbox,
-            self._stop,
-            idle_s=index_idle_s if control else None,
-            batch=index_batch,
-            clock=clock,
-        )
+        self.checkpointer: Checkpointer | None = None
+        self.indexer: IdleIndexer | None = None
+        if self.watch is not None:
+            self.checkpointer = Checkpointer(self.watch, self._stop, every_rows=checkpoint_rows)
+            self.indexer = IdleIndexer(
+                self.watch,
+                self.inbox,
+                self._stop,
+                idle_s=index_idle_s if control else None,
+                batch=index_batch,
+                clock=clock,
+            )
+
+    def _open_store(self, config: CollectorConfig, create_db: bool) -> BatchTarget:
+        """PostgreSQL for a URL (connected and migrated now: IngestError if it cannot be); else the SQLite
+        file, watched (collector/store/watch.py): deleted, replaced, read-only, full, I/O errors stop the
+        acks and recover by themselves; a read-only or failing file at start is no error (the writer
+        waits)."""
+        try:
+            if is_postgres_url(config.db):
+                self.postgres = open_postgres(config.db)
+                return self.postgres
+            self.watch = DbWatch(config.db, config.client_id, create=create_db)
+            self.watch.open()
+        except (EdgebenchError, OSError) as exc:
+            raise IngestError(str(exc)) from None
+        return SqliteBatchTarget(self.watch)
+
+    def _broker_state(self, state: str) -> None:
+        if self.watch is not None:  # SQLite's state file, which speaks while the database cannot
+            self.watch.set_broker(state)
 
     @property
-    def db(self):  # sqlite_utils.Database | None: None while the database cannot be written
-        return self.watch.db
+    def db(self):  # sqlite_utils.Database | None: None while the database cannot be written, or PostgreSQL
+        return self.watch.db if self.watch is not None else None
 
     @property
     def conn(self) -> sqlite3.Connection | None:
-        return self.watch.conn
+        return self.watch.conn if self.watch is not None else None
 
     @property
     def index_caught_up(self) -> bool:
-        """The report index has every committed result (until the next commit)."""
-        return self.indexer.caught_up
+        """The report index has every committed result (until the next commit); SQLite only."""
+        return self.indexer is not None and self.indexer.caught_up
 
     # -- writer thread
     def _writer_loop(self) -> None:
@@ -149,13 +179,14 @@ class Ingestor:
                 incoming = self.inbox.take(self.config.batch_max)
                 if incoming:
                     self._process(incoming)
-                    self.indexer.caught_up = False
+                    if self.indexer is not None:
+                        self.indexer.caught_up = False
                     continue
                 if self.health.due:
-                    self.health.tick(self.watch)
-                if self.checkpointer.pending:
+                    self._health_tick()
+                if self.checkpointer is not None and self.checkpointer.pending:
                     self.checkpointer.request()
-                if self.indexer.due:
+                if self.indexer is not None and self.indexer.due:
                     self.indexer.refresh()
         except BaseException as exc:  # pragma: no cover - logged, surfaced by wait()
             self._writer_error = exc
@@ -170,11 +201,39 @@ class Ingestor:
         if self.config.receipts:  # end to end: the devices may now delete these from their outboxes
             self.input.send_receipts(batch.parsed, batch.topics, batch.payloads)
         self.stats.count_committed(batch.parsed, committed.inserted, committed.duplicate)
-        self.checkpointer.committed(len(incoming))
+        if self.checkpointer is not None:
+            self.checkpointer.committed(len(incoming))
         self._after_commit(committed)
         now = self._clock()
         self.stats.lag_s = now - min(b[4] for b in incoming)
         self.health.note_committed(now)
+
+    def _health_tick(self) -> None:
+        """The idle tick's health row: SQLite through its watch (HealthWriter.tick); PostgreSQL in a
+        transaction of its own, best effort (the next batch retries the connection properly)."""
+        if self.watch is not None:
+            self.health.tick(self.watch)
+            return
+        if self._clock() < self._health_retry_at:
+            return
+        self.health.note_committed(self._clock())
+        self.stats.lag_s = 0.0
+        if not self._write_health(lambda tx: self.health.write_if_due(tx, utc_now())):
+            self._health_retry_at = self._clock() + self.health.every_s
+
+    _health_retry_at = 0.0  # PostgreSQL: after a failed tick, the next one no sooner than this
+
+    def _write_health(self, write: Callable[[StoreTransaction], None]) -> bool:
+        assert self.postgres is not None
+        try:
+            with self.postgres.transaction() as tx:
+                write(tx)
+        except Exception as exc:
+            if self.target.classify(exc) == INTERNAL:
+                raise
+            log.warning("health snapshot not written: %s", exc)
+            return False
+        return True
 
     def _after_commit(self, committed: Committed) -> None:
         """Dead letters logged (a retained dead status cleared); chunk requests to the chunk server."""
@@ -198,14 +257,15 @@ class Ingestor:
         """Open (create, migrate) the database once; IngestError if it cannot be used and waiting would
         not help (missing where a collector used one and ``create`` unset, not a database)."""
         try:
-            check_database(path, create=create)
-        except (DbWatchError, OSError) as exc:
+            check_store(path, create=create)
+        except (EdgebenchError, OSError) as exc:
             raise IngestError(str(exc)) from None
 
     def start(self) -> Ingestor:
         self._writer = threading.Thread(target=self._writer_loop, name="collector-writer", daemon=True)
         self._writer.start()
-        self.checkpointer.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         self.input.start()
         return self
 
@@ -236,9 +296,16 @@ class Ingestor:
         self._stop.set()
         if self._writer is not None:
             self._writer.join(timeout=timeout_s)
-        self.checkpointer.join(timeout_s)
-        self.health.write_final(self.watch)
+        if self.checkpointer is not None:
+            self.checkpointer.join(timeout_s)
+        if self.watch is not None:
+            self.health.write_final(self.watch)
+        else:
+            self._write_health(lambda tx: tx.write_health(self.health.row(utc_now(), connected=False)))
         # Let the network thread flush the PUBACKs before disconnecting.
         time.sleep(0.2)
         self.input.close()
-        self.watch.close()
+        if self.watch is not None:
+            self.watch.close()
+        if self.postgres is not None:
+            self.postgres.close()

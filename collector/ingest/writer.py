@@ -2,18 +2,19 @@
 
 ``INSERT ... ON CONFLICT DO NOTHING`` for results, upserts for devices, ``OR IGNORE`` for events, rows
 for dead letters (through :class:`collector.store.api.StoreTransaction`). :meth:`BatchWriter.commit`
-returns only once the batch is committed to the file at the configured path (the database watch
-retries while it cannot be written), and hands back the :class:`Committed` batch: what the caller
-may now acknowledge and send receipts for. A store error on the batch (not a transient one: locked,
-read-only, full, I/O, which the watch retries) writes the messages one by one, and the culprit
-becomes a dead letter (``store-error``, or ``internal-error`` for an exception nobody foresaw).
+returns only once the batch is committed (the store's :class:`~collector.store.api.BatchTarget` retries
+while the database cannot be written: SQLite's file watch, PostgreSQL's reconnect), and hands back the
+:class:`Committed` batch: what the caller may now acknowledge and send receipts for. The backend says
+what an error means (``classify``): a TRANSIENT one (locked, read-only, full, I/O, connection lost) is
+retried with nothing acknowledged; any other writes the messages one by one, and the culprit becomes a
+dead letter (``store-error`` when the store REFUSED it, ``internal-error`` for an exception nobody
+foresaw). This module knows no database engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +23,7 @@ from dataclasses import dataclass
 from collector.ingest.buffer import Incoming
 from collector.ingest.stats import IngestStats
 from collector.messages.parse import Parsed, parse
-from collector.store.api import DeadLetter, StoreTransaction
-from collector.store.sqlite import transaction
-from collector.store.watch import DbWatch
+from collector.store.api import REFUSED, TRANSIENT, BatchTarget, Begin, DeadLetter, StoreTransaction
 
 log = logging.getLogger("edgebench.collector")
 
@@ -68,14 +67,14 @@ class BatchWriter:
 
     def __init__(
         self,
-        watch: DbWatch,
+        target: BatchTarget,
         stats: IngestStats,
         stop: threading.Event,
         *,
         max_payload_bytes: int,
         in_transaction: Callable[[StoreTransaction, str], None],
     ) -> None:
-        self.watch = watch
+        self.target = target
         self.max_payload_bytes = max_payload_bytes
         self._stats = stats
         self._stop = stop
@@ -89,22 +88,23 @@ class BatchWriter:
         return Batch(parsed, topics_, payloads, at)
 
     def commit(self, batch: Batch) -> Committed:
-        """Commit the batch to the file at the configured path (retrying while the database cannot be
-        written: see DbWatch.write); nothing may be acknowledged before this returns."""
+        """Commit the batch (retrying while the database cannot be written: see BatchTarget.write);
+        nothing may be acknowledged before this returns."""
 
-        def write(conn: sqlite3.Connection) -> Committed:
+        def write(begin: Begin) -> Committed:
             try:
-                return self._write(conn, batch)
-            except sqlite3.OperationalError:  # locked, read-only, full, I/O: the watch retries
-                raise
-            except Exception as exc:  # a store error, or one message the code did not foresee
+                return self._write(begin, batch)
+            except Exception as exc:
+                if self.target.classify(exc) == TRANSIENT:  # the target retries
+                    raise
+                # a store error, or one message the code did not foresee
                 log.error("batch write failed (%r); writing one by one", exc)
-                written = self._write_one_by_one(conn, batch)
+                written = self._write_one_by_one(begin, batch)
                 return Committed(written, written.results, 0)
 
-        return self.watch.write(write, self._stop)
+        return self.target.write(write, self._stop)
 
-    def _write(self, conn: sqlite3.Connection, batch: Batch) -> Committed:
+    def _write(self, begin: Begin, batch: Batch) -> Committed:
         parsed, at = batch.parsed, batch.at
         results = [p for p in parsed if p.kind == "result"]
         dead = [
@@ -113,7 +113,7 @@ class BatchWriter:
             if p.kind == "dead"
         ]
         t0 = time.perf_counter()
-        with transaction(conn) as tx:
+        with begin() as tx:
             t1 = time.perf_counter()
             inserted = tx.insert_results([p.message for p in results], [p.text for p in results], at)
             tx.upsert_statuses(p.message for p in parsed if p.kind == "status")
@@ -124,19 +124,22 @@ class BatchWriter:
         self._stats.write_s += time.perf_counter() - t1
         return Committed(batch, inserted, len(results) - inserted)
 
-    def _write_one_by_one(self, conn: sqlite3.Connection, batch: Batch) -> Batch:
+    def _write_one_by_one(self, begin: Begin, batch: Batch) -> Batch:
         """After a non-transient store error: isolate the culprit, dead-letter it, keep the rest.
         Returns the batch as written (the culprits dead letters)."""
         for i in range(len(batch.parsed)):
             try:
-                self._write(conn, batch.one(i))
+                self._write(begin, batch.one(i))
                 continue
-            except sqlite3.OperationalError:
-                raise
-            except sqlite3.Error as exc:
-                batch = batch.dead_lettered(i, f"store-error: {exc}")
-            except Exception as exc:  # a poison message: quarantined as a dead letter, the rest goes on
-                log.exception("message on %s could not be written; dead-lettered", batch.topics[i])
-                batch = batch.dead_lettered(i, f"internal-error: {type(exc).__name__}: {str(exc)[:200]}")
-            self._write(conn, batch.one(i))
+            except Exception as exc:
+                kind = self.target.classify(exc)
+                if kind == TRANSIENT:
+                    raise
+                if kind == REFUSED:
+                    batch = batch.dead_lettered(i, f"store-error: {exc}")
+                else:  # a poison message: quarantined as a dead letter, the rest goes on
+                    log.exception("message on %s could not be written; dead-lettered", batch.topics[i])
+                    reason = f"internal-error: {type(exc).__name__}: {str(exc)[:200]}"
+                    batch = batch.dead_lettered(i, reason)
+            self._write(begin, batch.one(i))
         return batch

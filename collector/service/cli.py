@@ -13,6 +13,7 @@ import click
 
 from collector.config import ConfigError, load_config
 from collector.options import broker_options, config_from_options
+from collector.store.open import redact
 
 
 @click.group("collector")
@@ -23,9 +24,9 @@ def collector_group() -> None:
 @collector_group.command("serve")
 @click.option(
     "--db",
-    type=click.Path(dir_okay=False),
-    help="SQLite database. Created on the first run; once a collector has used it (DB.collector/ "
-    "beside it), a missing file is an error unless --create-db.",
+    type=str,
+    help="SQLite database (created on the first run; once a collector has used it - DB.collector/ "
+    "beside it - a missing file is an error unless --create-db), or postgresql://user@host/dbname.",
 )
 @click.option(
     "--create-db",
@@ -106,7 +107,7 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     click.echo(
-        f"collector: {config.db} <- mqtt://{config.broker.host}:{config.broker.port} "
+        f"collector: {redact(config.db)} <- mqtt://{config.broker.host}:{config.broker.port} "
         f"(MQTT {'5' if config.broker.mqtt_version == 5 else '3.1.1'}, session {config.client_id!r}, "
         f"{workers} worker{'s' if workers > 1 else ''})",
         err=True,
@@ -121,7 +122,8 @@ def serve(
         raise click.ClickException(str(exc)) from None
     # every acknowledged message is committed by now: say so, so that a SIGTERM never ends in silence
     how = f" on {stopped_by[0]}" if stopped_by else ""
-    click.echo(f"collector: stopped{how}; every message acknowledged is stored in {config.db}", err=True)
+    stored = redact(config.db)
+    click.echo(f"collector: stopped{how}; every message acknowledged is stored in {stored}", err=True)
 
 
 @collector_group.command("status")

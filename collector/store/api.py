@@ -6,20 +6,44 @@ idempotent where the wire can repeat itself: a result is keyed by ``result_id`` 
 absorbed, not an error; a job event is keyed by ``(job_id, device_id, state, at)``.
 
 Ingest writes one batch per transaction through :class:`StoreTransaction` (nothing is visible, and
-nothing acknowledged, before its commit): ``with store.transaction() as tx: ...``.
+nothing acknowledged, before its commit): ``with store.transaction() as tx: ...``, reaching the store
+through a :class:`BatchTarget`: the backend's retry policy (SQLite: the database file watch; PostgreSQL:
+reconnect and retry) and its word on what an error means (:data:`ErrorKind`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from wire.schema import ArtifactInfo, ArtifactRef, DeviceStatus, Job, JobEvent, ResultRecord
 
-__all__ = ["DeadLetter", "HealthRow", "ResultStore", "StoreTransaction"]
+__all__ = [
+    "INTERNAL",
+    "REFUSED",
+    "TRANSIENT",
+    "BatchTarget",
+    "Begin",
+    "DeadLetter",
+    "ErrorKind",
+    "HealthRow",
+    "ResultStore",
+    "StoreTransaction",
+]
+
+T = TypeVar("T")
+
+# What a failed write means, as the store's backend says (BatchTarget.classify):
+TRANSIENT = "transient"  # the database cannot be written now (locked, read-only, full, I/O, connection
+#                          lost): retry the batch; nothing is acknowledged meanwhile
+REFUSED = "refused"  # the store refused this data (a constraint, a value it cannot hold): the culprit
+#                      message becomes a dead letter "store-error"
+INTERNAL = "internal"  # anything else (a bug, a poison message): a dead letter "internal-error"
+ErrorKind = Literal["transient", "refused", "internal"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +133,22 @@ class ResultStore(Protocol):
     def count(self, table: str) -> int: ...
 
     def close(self) -> None: ...
+
+
+Begin = Callable[[], AbstractContextManager[StoreTransaction]]  # starts one transaction
+
+
+class BatchTarget(Protocol):
+    """Where ingest commits its batches (collector.ingest.writer.BatchWriter): one backend's store
+    behind that backend's retry policy."""
+
+    def write(self, fn: Callable[[Begin], T], stop: threading.Event) -> T:
+        """Run ``fn(begin)`` (its transactions committed inside) until it returns, retrying while the
+        database cannot be written (``fn`` raised a TRANSIENT error); nothing may be acknowledged
+        before this returns. Once ``stop`` is set it gives up after a few quick attempts (an
+        EdgebenchError): nothing was acknowledged, the broker redelivers."""
+        ...
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        """TRANSIENT, REFUSED or INTERNAL: what ``exc`` (raised inside a transaction) means."""
+        ...
