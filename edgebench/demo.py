@@ -15,7 +15,6 @@ the report pooled then).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edgebench.broker import BrokerError, EmbeddedBroker, MosquittoBroker, start_local_broker, stop_process
+from edgebench.demo_workdir import MARKER, clear_previous_run
 from wire.errors import EdgebenchError
 
 
@@ -387,28 +387,3 @@ def _report(db: Path, work: Path, max_drop: float) -> tuple[str, Path, tuple[str
     variants = tuple(sorted({r.variant or r.artifact_name for r in report.rows}))
     devices = tuple(sorted({r.device_id for r in report.rows}))
     return text, html_path, variants, (results, devices)
-
-
-# What a run leaves that the next must not inherit: the database, the broker's persistence (retained
-# statuses, queued jobs), each agent's data (outbox, jobs). Keys stay; artifacts are converted anew.
-_RUN_STATE = ("edgebench.db", "edgebench.db-wal", "edgebench.db-shm", "edgebench.db.collector",
-              "mosquitto/mosquitto.db", "devices", "logs", "report.html")  # fmt: skip
-MARKER = ".edgebench-demo"  # written by every run: the folder is a demo's, its run state may go
-
-
-def clear_previous_run(work: Path) -> list[str]:
-    """Remove what a previous demo run left in ``work``, only in a demo's folder (:data:`MARKER`, or an
-    older run's device configs) and only the demo's own names; returns the names removed."""
-    if not ((work / MARKER).exists() or any(work.glob("devices/*/agent.toml"))):
-        return []
-    removed = []
-    for name in _RUN_STATE:
-        path = work / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    return removed

@@ -53,27 +53,7 @@ def make_record(
     precision, fmt, size, factor, peak, delta = VARIANTS[variant]
     rng = np.random.default_rng(seed)
     samples = base_ms * factor * rng.lognormal(0.0, 0.05, n)
-    s = np.sort(samples)
-    lat = LatencyStats(
-        n=n,
-        mean_ms=float(s.mean()),
-        std_ms=float(s.std()),
-        cv=float(s.std() / s.mean()),
-        min_ms=float(s[0]),
-        p50_ms=float(np.median(s)),
-        p50_ci_low_ms=float(s[int(n * 0.45)]),
-        p50_ci_high_ms=float(s[int(n * 0.55)]),
-        p90_ms=float(np.quantile(s, 0.9)),
-        p99_ms=float(np.quantile(s, 0.99)),
-        max_ms=float(s[-1]),
-        mad_ms=0.1,
-        outliers=0,
-        drift_pct=0.0,
-        throughput_ips=1000.0 / float(s.mean()),
-        warmup_runs=10,
-        stable=True,
-        samples_ms=tuple(float(x) for x in samples) if keep_samples else None,
-    )
+    lat = _latency(samples, n, keep_samples)
     board = BoardState(
         temp_start_c=50.0,
         temp_end_c=55.0,
@@ -120,4 +100,29 @@ def make_record(
         accuracy=AccuracyInfo(metric="accuracy", value=99.0 + (delta or 0), delta=delta)
         if ok and with_accuracy and delta is not None
         else None,
+    )
+
+
+def _latency(samples: np.ndarray, n: int, keep_samples: bool) -> LatencyStats:
+    """The LatencyStats of synthetic samples (as the agent's stats would report them)."""
+    s = np.sort(samples)
+    return LatencyStats(
+        n=n,
+        mean_ms=float(s.mean()),
+        std_ms=float(s.std()),
+        cv=float(s.std() / s.mean()),
+        min_ms=float(s[0]),
+        p50_ms=float(np.median(s)),
+        p50_ci_low_ms=float(s[int(n * 0.45)]),
+        p50_ci_high_ms=float(s[int(n * 0.55)]),
+        p90_ms=float(np.quantile(s, 0.9)),
+        p99_ms=float(np.quantile(s, 0.99)),
+        max_ms=float(s[-1]),
+        mad_ms=0.1,
+        outliers=0,
+        drift_pct=0.0,
+        throughput_ips=1000.0 / float(s.mean()),
+        warmup_runs=10,
+        stable=True,
+        samples_ms=tuple(float(x) for x in samples) if keep_samples else None,
     )
