@@ -1,15 +1,18 @@
-"""Fidelity of an artifact against the fp32 reference, a quick host latency, memory and sizes.
+"""Running an artifact on the host: its outputs on the validation set, latency with a CI, memory, sizes.
 
-Fidelity (on the validation set): accuracy when labels exist (percent), top-1 agreement with the reference
-(percent of samples with the same argmax), max/mean absolute error and cosine similarity of the first
-output (flattened, float32). Latency: batch 1, a few warm-ups, then the median of timed runs for about
-``budget_s`` seconds (5-200 runs) with all host cores; :func:`interleaved_latency` times several
-artifacts in interleaved rounds (lowest per-round median). Still a host figure, for ranking only.
+Fidelity (what the outputs are compared with, by output kind) is :mod:`converter.fidelity`.
+Latency: batch 1; :func:`interleaved_latency` times several artifacts in ``rounds`` interleaved rounds
+(one live session at a time), each round timing every artifact for ``budget_s / rounds`` seconds (at least
+5 runs, no run cap: a fast model is timed for the whole slice); an artifact's figure is the median of its
+per-round medians and its CI the distribution-free order-statistic interval of that median over the
+rounds (:func:`median_ci`: 95% nominal, exact coverage stated; 10 rounds give the 2nd..9th of the sorted
+round medians, 97.9%). Rounds are the unit of replication: a burst of load from elsewhere on the machine
+moves one round, and widens the interval instead of deciding the ranking. Still a host figure.
 What is timed is the runtime's own call on inputs converted once (``session.run``, the LiteRT signature
 runner): the numpy (de)quantization of int8 TFLite I/O is outside the timing, else it would dominate a
 model of tens of microseconds and rank int8 TFLite below what it is.
-Memory: the process's peak-RSS growth while the artifact is loaded and run (VmHWM, reset through
-/proc/self/clear_refs), Linux only, else None.
+Memory: the process's peak-RSS growth while the artifact is loaded and runs one batch-1 inference (VmHWM,
+reset through /proc/self/clear_refs), the same batch for ONNX and TFLite; Linux only, else None.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import gc
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import statistics
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +35,6 @@ import numpy as np
 
 from converter.data import Dataset, ort_session
 from converter.errors import ConvertError
-from wire.manifest import Fidelity
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 Step = Callable[[], object]
@@ -45,8 +49,7 @@ class ModelRunner:
 
 @dataclass(frozen=True)
 class Measurement:
-    fidelity: Fidelity
-    memory_mb: float | None
+    memory_mb: float | None  # peak-RSS growth, loaded and run at batch 1
     size_bytes: int
     gzip_bytes: int
     sha256: str
@@ -140,52 +143,47 @@ def runner_for(path: Path, input_names: list[str]) -> ModelRunner:
 
 
 def predict(run: Runner, batched: bool, data: Dataset, batch: int = 64) -> np.ndarray:
+    """The first output on every sample, batch first, in the model's own shape ([N] becomes [N, 1])."""
     outs = [run(feed) for feed in data.batches(batch if batched else 1)]
-    return np.concatenate([o.reshape(len(o), -1) if o.ndim > 1 else o.reshape(-1, 1) for o in outs])
+    return np.concatenate([o if o.ndim > 1 else o.reshape(-1, 1) for o in outs])
 
 
-# ---- metrics -------------------------------------------------------------------------------------------
-def fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None) -> Fidelity:
-    if reference.shape != outputs.shape:
-        raise ConvertError(f"output shape {outputs.shape} differs from the reference's {reference.shape}")
-    ref = reference.astype(np.float64)
-    out = outputs.astype(np.float64)
-    err = np.abs(ref - out)
-    denom = np.linalg.norm(ref) * np.linalg.norm(out)
-    cosine = float(np.dot(ref.ravel(), out.ravel()) / denom) if denom > 0 else float(np.allclose(ref, out))
-    agree = float(np.mean(ref.argmax(1) == out.argmax(1)) * 100) if ref.shape[1] > 1 else None
-    acc = ref_acc = delta = None
-    if labels is not None and ref.shape[1] > 1:
-        acc = float(np.mean(out.argmax(1) == labels) * 100)
-        ref_acc = float(np.mean(ref.argmax(1) == labels) * 100)
-        delta = acc - ref_acc
-    return Fidelity(
-        accuracy=acc,
-        reference_accuracy=ref_acc,
-        accuracy_delta=delta,
-        top1_agreement=agree,
-        max_abs_error=float(err.max()),
-        mean_abs_error=float(err.mean()),
-        cosine=cosine,
-    )
+# ---- timing --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatencyEstimate:
+    median_ms: float  # median of the per-round medians
+    low_ms: float  # confidence interval of that median over the rounds
+    high_ms: float
+    rounds: int
+    coverage: float  # the interval's exact coverage (order statistics), e.g. 0.979 for 10 rounds
 
 
-def accuracy_drop(fid: Fidelity) -> float:
-    """Points lost against the reference: from labels when present, else from top-1 disagreement."""
-    if fid.accuracy_delta is not None:
-        return 0.0 - fid.accuracy_delta + 0.0
-    if fid.top1_agreement is not None:
-        return 100.0 - fid.top1_agreement
-    return 0.0 if (fid.cosine or 0) > 0.999 else 100.0
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Distribution-free CI of the median: the k-th smallest and k-th largest values, k as large as keeps
+    the coverage 1 - 2 P(Binomial(n, 1/2) < k) >= ``confidence``; with too few values for that, the
+    range (coverage 1 - 2^(1-n)). -> (low, high, coverage)."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ConvertError("no timing rounds to summarize")
+
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return xs[k - 1], xs[n - k], coverage(k)
 
 
 def latency_ms(step: Step, budget_s: float = 0.5, clock=time.perf_counter_ns) -> float:
-    """Median of one inference (``step``: inputs already bound) over about ``budget_s`` seconds."""
+    """Median of one inference (``step``: inputs already bound) over ``budget_s`` seconds (>= 5 runs, no
+    cap on the count: a fast model is timed for the whole budget; 8 bytes a run)."""
     for _ in range(3):
         step()
-    times: list[int] = []
+    times = array("q")
     deadline = clock() + int(budget_s * 1e9)
-    while len(times) < 200 and (len(times) < 5 or clock() < deadline):
+    while len(times) < 5 or clock() < deadline:
         t0 = clock()
         step()
         times.append(clock() - t0)
@@ -196,24 +194,28 @@ def interleaved_latency(
     paths: dict[str, Path],
     feed: dict[str, np.ndarray],
     *,
-    budget_s: float = 0.5,
-    rounds: int = 3,
-) -> dict[str, float]:
+    budget_s: float = 2.0,
+    rounds: int = 10,
+    confidence: float = 0.95,
+) -> dict[str, LatencyEstimate]:
     """Host latency of several artifacts, fairly: ``rounds`` rounds, each timing every artifact for
     ``budget_s / rounds`` with one live session at a time (ORT's idle threads spin after a run and would
-    slow whatever runs next); each artifact's figure is the lowest of its per-round medians, so a burst
-    of load from elsewhere on the machine hits one round of one artifact, not the ranking."""
-    best: dict[str, float] = {}
+    slow whatever runs next); per artifact, the median of its round medians and that median's CI over the
+    rounds (:func:`median_ci`)."""
     per_round = budget_s / max(1, rounds)
     names = list(feed)
+    medians: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(max(1, rounds)):
         for name, path in paths.items():
             model = runner_for(path, names)
-            ms = latency_ms(model.bind(feed), per_round)
+            medians[name].append(latency_ms(model.bind(feed), per_round))
             del model
             gc.collect()
-            best[name] = min(best.get(name, ms), ms)
-    return best
+    out = {}
+    for name, values in medians.items():
+        low, high, cov = median_ci(values, confidence)
+        out[name] = LatencyEstimate(statistics.median(values), low, high, len(values), cov)
+    return out
 
 
 def _vm(key: str) -> float | None:
@@ -234,29 +236,27 @@ def _reset_hwm() -> bool:
         return False
 
 
-def measure(
-    path: Path,
-    reference: np.ndarray,
-    data: Dataset,
-) -> tuple[Measurement, np.ndarray]:
-    """Run the artifact on the validation data; returns the measurement and its outputs. (Latency is
-    timed separately, for all artifacts together: :func:`interleaved_latency`.)"""
+def measure(path: Path, data: Dataset) -> tuple[Measurement, np.ndarray]:
+    """Load the artifact and run one batch-1 inference (the memory figure, the same batch for every
+    format), then run it on the validation data; returns the measurement and its outputs (compared with
+    the reference by :mod:`converter.fidelity`). Latency is timed separately, for all artifacts
+    together: :func:`interleaved_latency`."""
     names = list(data.inputs)
     base = _vm("VmRSS")
     tracked = base is not None and _reset_hwm()
     model = runner_for(path, names)
     try:
+        model.run({k: v[:1] for k, v in data.inputs.items()})
+        peak = _vm("VmHWM") if tracked else None
         outputs = predict(model.run, model.batched, data)
     except ConvertError:
         raise
     except Exception as exc:
         raise ConvertError(f"{path.name}: inference failed ({str(exc).splitlines()[0][:200]})") from None
-    peak = _vm("VmHWM") if tracked else None
     memory = max(0.0, peak - base) if (peak is not None and base is not None) else None
     del model
     return (
         Measurement(
-            fidelity=fidelity(reference, outputs, data.labels),
             memory_mb=memory,
             size_bytes=path.stat().st_size,
             gzip_bytes=gzip_size(path),

@@ -5,21 +5,19 @@ A recipe is a list of steps ``{"pass": <registered name>, "params": {...}, "name
 distillation step produced). Built in: ``default`` and ``all``; or a JSON file holding such a list (or
 ``{"steps": [...]}``). A failing step is recorded (status "failed", its reason) and the others continue.
 
-"recommended" = the fastest artifact (host latency) whose accuracy drop fits the budget, across ONNX and
-TFLite, and never one slower than the fp32 reference (which is itself a candidate).
+Every artifact is checked against the fp32 outputs on the validation data, by output kind, and given a
+status (ok / degraded / no-op / failed: :mod:`converter.run`, :mod:`converter.fidelity`). "recommended":
+among the ``ok`` artifacts (the fp32 reference included), the smallest and simplest of those not slower,
+by their host-latency confidence intervals, than the fastest one nor than the reference
+(:mod:`converter.recommend`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import sys
-import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +26,11 @@ import numpy as np
 from converter import passes
 from converter.data import Dataset, load_dataset, onnx_input_specs
 from converter.errors import ConvertError
-from converter.evaluate import accuracy_drop, file_sha256, interleaved_latency, measure, reference_outputs
-from wire.manifest import (
-    Fidelity,
-    Manifest,
-    ManifestArtifact,
-    PassRecord,
-    SourceInfo,
-    ValidationInfo,
-    utc_now,
-    write_manifest,
-)
+from converter.evaluate import file_sha256, measure
+from converter.fidelity import FidelityBounds, profile_reference
+from converter.recommend import recommend
+from converter.run import ConversionRun, Reference, Step, silenced
+from wire.manifest import Manifest, ManifestArtifact, SourceInfo
 
 DEFAULT_RECIPE: list[dict[str, Any]] = [
     {"pass": "optimize"},
@@ -64,20 +56,13 @@ RECIPES = {"default": DEFAULT_RECIPE, "all": ALL_RECIPE}
 
 
 @dataclass(frozen=True)
-class Step:
-    name: str
-    pass_name: str
-    params: Any
-    source: str | None = None  # "from"
-
-
-@dataclass(frozen=True)
 class ConvertResult:
     manifest_path: Path
     manifest: Manifest
     reference: ManifestArtifact
     memory_mb: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # e.g. an uninformative reference (fidelity judged on continuous metrics)
 
 
 def load_recipe(recipe: str | Path) -> list[Step]:
@@ -163,13 +148,19 @@ def convert(
     out_dir: str | Path,
     recipe: str | Path = "default",
     max_accuracy_drop: float = 1.0,
+    min_cosine: float = 0.99,
+    max_relative_error: float | None = None,
+    output_kind: str = "auto",
     state_dict: str | None = None,
     max_val: int = 1000,
-    latency_budget_s: float = 0.5,
-    latency_rounds: int = 3,
+    latency_budget_s: float = 2.0,
+    latency_rounds: int = 10,
     log: Callable[[str], None] = print,
 ) -> ConvertResult:
+    """Run ``recipe`` on ``model``; ``latency_budget_s``: seconds of host timing per artifact, split into
+    ``latency_rounds`` interleaved rounds (0: no timing, no recommendation)."""
     steps = load_recipe(recipe)
+    bounds = FidelityBounds(max_accuracy_drop, min_cosine, max_relative_error)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
@@ -180,13 +171,19 @@ def convert(
     val_data: Dataset = load_dataset(val, specs).take(max_val)
     ref_path = out / "fp32.onnx"
     shutil.copyfile(base.onnx, ref_path)
-    run = _Run(out, work, display, val_data, reference_outputs(ref_path, val_data), max_accuracy_drop, log)
+    with silenced(work / "measure.log"):  # first, so its memory figure is not the allocator's leftovers
+        measured = measure(ref_path, val_data)
+    ref_out = measured[1]
+    profile = profile_reference(ref_out, val_data.labels, bounds, output_kind)
+    shape = list(ref_out.shape[1:])
+    log(f"fidelity: {profile.kind} outputs {shape}, judged on {_basis_text(profile, bounds)}")
+    if profile.warning:
+        log(f"warning: {profile.warning}")
+    run = ConversionRun(out, display, val_data, Reference(ref_path, ref_out, profile), bounds, log)
     base = passes.Model(ref_path, base.torch, "fp32")
-    ctx = passes.Context(
-        base, calib_data, val_data, out, work, max_accuracy_drop, run.ref_out, log, run.drop_of
-    )
+    ctx = passes.Context(base, calib_data, val_data, out, work, max_accuracy_drop, ref_out, log, run.check)
     log("[fp32] reference")
-    reference = run.record("fp32", ref_path, "onnx", "fp32", ())
+    reference, _ = run.record("fp32", ref_path, "onnx", "fp32", (), measured=measured)
     run.source = SourceInfo(
         name=display,
         path=str(model),
@@ -197,192 +194,24 @@ def convert(
         log(f"[{i}/{len(steps)}] {step.name} ({step.pass_name})")
         run.step(ctx, base, step)
         run.save()
-    _time_artifacts(run.artifacts, out, val_data, latency_budget_s, latency_rounds, log)
+    run.time_artifacts(latency_budget_s, latency_rounds)
     reference = next(a for a in run.artifacts if a.name == "fp32")
     path, manifest = run.save()
     shutil.rmtree(work, ignore_errors=True)
-    return ConvertResult(path, manifest, reference, run.memory, run.notes)
+    warnings = (profile.warning,) if profile.warning else ()
+    return ConvertResult(path, manifest, reference, run.memory, run.notes, warnings)
 
 
-class _Run:
-    """One conversion's state: the artifacts made so far (each checked against the fp32 outputs), the
-    models later steps chain from, and manifest.json written after every step."""
-
-    def __init__(
-        self,
-        out: Path,
-        work: Path,
-        display: str,
-        val_data: Dataset,
-        ref_out: Any,
-        max_accuracy_drop: float,
-        log: Callable[[str], None],
-    ) -> None:
-        self.out, self.work, self.display, self.log = out, work, display, log
-        self.val_data, self.ref_out, self.max_accuracy_drop = val_data, ref_out, max_accuracy_drop
-        self.source: SourceInfo | None = None
-        self.artifacts: list[ManifestArtifact] = []
-        self.memory: dict[str, float | None] = {}
-        self.notes: dict[str, tuple[str, ...]] = {}
-        self.bases: dict[str, passes.Model] = {}
-        self.chains: dict[str, tuple[PassRecord, ...]] = {}
-
-    def drop_of(self, path: Path) -> float:
-        m, _ = measure(path, self.ref_out, self.val_data)
-        return accuracy_drop(m.fidelity)
-
-    def record(
-        self, name: str, path: Path, fmt: str, precision: str, pass_records: tuple[PassRecord, ...]
-    ) -> ManifestArtifact:
-        with silenced(self.work / "measure.log"):
-            m, _ = measure(path, self.ref_out, self.val_data)  # latency: timed at the end, interleaved
-        self.memory[name] = m.memory_mb
-        art = ManifestArtifact(
-            name=name,
-            file=path.name,
-            sha256=m.sha256,
-            size_bytes=m.size_bytes,
-            gzip_bytes=m.gzip_bytes,
-            format=fmt,
-            precision=precision,
-            variant=name,
-            model=self.display,
-            passes=pass_records,
-            fidelity=m.fidelity,
-            host_peak_mb=m.memory_mb,
+def _basis_text(profile, bounds: FidelityBounds) -> str:
+    if profile.basis == "continuous":
+        rel = (
+            f", relative error <= {bounds.max_relative_error}"
+            if bounds.max_relative_error is not None
+            else ""
         )
-        self.artifacts.append(art)
-        return art
-
-    def save(self) -> tuple[Path, Manifest]:
-        """Written after every step, so an interrupted run keeps its partial results."""
-        assert self.source is not None
-        val = self.val_data
-        manifest = Manifest(
-            created_at=utc_now(),
-            source=self.source,
-            validation=ValidationInfo(dataset=val.name, n=val.n, has_labels=val.labels is not None),
-            max_accuracy_drop=self.max_accuracy_drop,
-            artifacts=tuple(self.artifacts),
-            recommended=recommend(self.artifacts, self.max_accuracy_drop),
-        )
-        return write_manifest(manifest, self.out / "manifest.json"), manifest
-
-    def step(self, ctx: passes.Context, base: passes.Model, step: Step) -> None:
-        """Run one recipe step; a failing pass is recorded as a failed artifact and the others go on."""
-        t0 = time.perf_counter()
-        prior = self.chains.get(step.source, ()) if step.source else ()
-        pass_records = (*prior, PassRecord(step.pass_name, passes.params_dict(step.params)))
-        try:
-            if step.source and step.source not in self.bases:
-                raise ConvertError(f"step {step.source!r} produced no model to continue from")
-            output = self._run_pass(ctx, self.bases[step.source] if step.source else base, step)
-            if output.model is not None:
-                output.model.label = step.name
-                self.bases[step.name] = output.model
-                self.chains[step.name] = pass_records
-            self.notes[step.name] = output.notes
-            art = self.record(step.name, output.path, output.format, output.precision, pass_records)
-            for note in output.notes:
-                self.log(f"    {note}")
-            self.log(
-                f"    ok in {time.perf_counter() - t0:.1f}s: {art.size_bytes / 1e6:.2f} MB, "
-                f"drop {accuracy_drop(art.fidelity):.2f} pt"
-            )
-        except Exception as exc:  # a failing pass is reported and the others continue
-            reason = str(exc) if isinstance(exc, ConvertError) else f"{type(exc).__name__}: {exc}"
-            reason = (reason.strip().splitlines() or ["failed"])[0][:400]
-            self.log(f"    FAILED: {reason}")
-            self.artifacts.append(self._failed(step, pass_records, reason))
-
-    def _run_pass(self, ctx: passes.Context, start: passes.Model, step: Step) -> Any:
-        """The pass's own log lines are shown after it ends (its C++ chatter goes to passes.log)."""
-        spec = passes.get(step.pass_name)
-        buffered: list[str] = []
-        ctx.log = buffered.append
-        try:
-            with silenced(self.work / "passes.log"):
-                return spec.run(ctx, start, step.params, step.name)
-        finally:
-            ctx.log = self.log
-            for line in buffered:
-                self.log(line)
-
-    def _failed(self, step: Step, pass_records: tuple[PassRecord, ...], reason: str) -> ManifestArtifact:
-        return ManifestArtifact(
-            name=step.name,
-            file="",
-            sha256="",
-            size_bytes=0,
-            gzip_bytes=0,
-            format="tflite" if step.pass_name.startswith("tflite") else "onnx",
-            precision="",
-            variant=step.name,
-            model=self.display,
-            passes=pass_records,
-            fidelity=Fidelity(),
-            status="failed",
-            error=reason,
-        )
+        return f"continuous metrics (ok: cosine >= {bounds.min_cosine}{rel})"
+    what = "accuracy (labels)" if profile.basis == "accuracy" else "top-1 agreement with fp32"
+    return f"{what} (ok: at most {bounds.max_accuracy_drop} pt lost)"
 
 
-def _time_artifacts(
-    artifacts: list[ManifestArtifact],
-    out: Path,
-    val_data: Dataset,
-    budget_s: float,
-    rounds: int,
-    log: Callable[[str], None],
-) -> None:
-    """Host latency of every artifact made, in interleaved rounds (fair ranking on a busy machine)."""
-    ok = [(i, a) for i, a in enumerate(artifacts) if a.status == "ok"]
-    if budget_s <= 0:
-        log("[timing] latency not measured (latency budget 0)")
-        return
-    log(f"[timing] {len(ok)} artifact(s), batch 1, {rounds} interleaved rounds of {budget_s / rounds:.2f} s")
-    one = {k: v[:1] for k, v in val_data.inputs.items()}
-    paths = {a.name: out / a.file for _, a in ok}
-    try:
-        with silenced(out / ".work" / "measure.log"):
-            timed = interleaved_latency(paths, one, budget_s=budget_s, rounds=rounds)
-    except Exception as exc:  # timing is a ranking aid: without it the artifacts still stand
-        reason = (str(exc).splitlines() or [""])[0][:200]
-        log(f"    latency not measured: {type(exc).__name__}: {reason}")
-        return
-    for i, a in ok:
-        artifacts[i] = replace(a, host_latency_ms=timed.get(a.name))
-
-
-@contextlib.contextmanager
-def silenced(log_file: Path):
-    """Send file descriptors 1 and 2 (the converters' own chatter, C++ logs included) to ``log_file``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log_file, "ab") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def recommend(artifacts: list[ManifestArtifact], budget: float) -> str | None:
-    ok = [a for a in artifacts if a.status == "ok" and a.host_latency_ms is not None]
-    ref = next((a for a in ok if a.name == "fp32"), None)
-    limit = ref.host_latency_ms if ref else float("inf")
-    fits = [a for a in ok if accuracy_drop(a.fidelity) <= budget and a.host_latency_ms <= limit]  # type: ignore[operator]
-    if not fits:
-        return ref.name if ref else None
-    return min(fits, key=lambda a: a.host_latency_ms).name  # type: ignore[arg-type,return-value]
-
-
-__all__ = ["ConvertResult", "convert", "load_recipe", "recommend", "replace"]
+__all__ = ["ConvertResult", "Step", "convert", "load_recipe", "recommend", "silenced"]

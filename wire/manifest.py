@@ -4,20 +4,32 @@ Schema version 1 (``SCHEMA_VERSION``; what ``fleet push`` reads, see README "Con
 
     {"schema_version": 1, "created_at": "...Z",
      "source": {"name", "path", "sha256", "format"},
-     "validation": {"dataset", "n", "has_labels"},
+     "validation": {"dataset", "n", "has_labels",
+                    "output_kind": "classification"|"dense", "fidelity_basis": "accuracy"|"top1"|"continuous",
+                    "reference_classes", "reference_majority_pct"  (optional, may be null)},
      "max_accuracy_drop": 1.0,
+     "min_cosine": 0.99, "max_relative_error": null  (optional: the continuous-basis bounds),
      "recommended": "<artifact name>" | null,
      "artifacts": [{"name", "file" (relative to the manifest), "sha256", "size_bytes", "gzip_bytes",
                     "format": "onnx"|"tflite", "precision", "variant", "model",
                     "passes": [{"name", "params": {...}}],
                     "fidelity": {"accuracy", "reference_accuracy", "accuracy_delta", "top1_agreement",
-                                 "max_abs_error", "mean_abs_error", "cosine"},
-                    "host_latency_ms", "status": "ok"|"failed", "error",
-                    "host_peak_mb" (optional extension, may be null)}]}
+                                 "max_abs_error", "mean_abs_error", "cosine", "relative_error"},
+                    "host_latency_ms", "status": "ok"|"degraded"|"no-op"|"failed", "error",
+                    "host_peak_mb", "host_latency_ci_ms": [low, high]  (optional extensions, may be null)}]}
 
 ``accuracy_delta`` is in percentage points, negative = worse than the reference. Values that could not be
-measured (no labels, failed artifact) are ``null``. Readers: ``load_manifest(path)`` -> :class:`Manifest`;
-unknown extra keys are ignored (forward compatible), missing required keys or a newer schema version raise
+measured (no labels, dense outputs, failed artifact) are ``null``. ``status``: ``ok`` = within the fidelity
+bounds of the validation's ``fidelity_basis`` (accuracy/top-1: ``max_accuracy_drop``; continuous:
+``min_cosine`` and ``max_relative_error``); ``degraded`` = made and measured but outside them; ``no-op`` =
+the pass left the model as it was (same ops and initializers as its input, or bit-identical outputs with
+no size win for a pass that claims another precision); ``failed`` = no artifact. ``error`` says why a
+status is not ``ok``. Only ``ok`` artifacts can be recommended (``Manifest.ok_artifacts``).
+``host_latency_ms`` is the median of interleaved rounds and ``host_latency_ci_ms`` its confidence interval;
+``host_peak_mb`` the host's peak-RSS growth while the artifact is loaded and run at batch 1.
+
+Readers: ``load_manifest(path)`` -> :class:`Manifest`; unknown extra keys are ignored (forward
+compatible), missing required keys, an unknown status or a newer schema version raise
 :class:`ManifestError` with a one-line reason.
 """
 
@@ -37,7 +49,9 @@ from wire.errors import EdgebenchError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("onnx", "tflite")
-STATUSES = ("ok", "failed")
+STATUSES = ("ok", "degraded", "no-op", "failed")
+OUTPUT_KINDS = ("classification", "dense")
+FIDELITY_BASES = ("accuracy", "top1", "continuous")
 
 
 class ManifestError(EdgebenchError):
@@ -61,6 +75,10 @@ class ValidationInfo:
     dataset: str
     n: int
     has_labels: bool
+    output_kind: str | None = None  # "classification" | "dense" (None: not recorded)
+    fidelity_basis: str | None = None  # "accuracy" | "top1" | "continuous"
+    reference_classes: int | None = None  # distinct top-1 classes of the reference (classification)
+    reference_majority_pct: float | None = None  # percent of samples in its most common class
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,7 @@ class Fidelity:
     max_abs_error: float | None = None
     mean_abs_error: float | None = None
     cosine: float | None = None
+    relative_error: float | None = None  # ||out - ref|| / ||ref|| over the validation outputs
 
 
 @dataclass(frozen=True)
@@ -96,9 +115,8 @@ class ManifestArtifact:
     host_latency_ms: float | None = None
     status: str = "ok"
     error: str | None = None
-    host_peak_mb: float | None = (
-        None  # extension (optional): peak RSS growth while loaded and run on the host
-    )
+    host_peak_mb: float | None = None  # extension: host peak-RSS growth, loaded and run at batch 1
+    host_latency_ci_ms: tuple[float, float] | None = None  # extension: CI of host_latency_ms
 
     def path(self, manifest_path: Path) -> Path:
         """The artifact's absolute location given the manifest file it was listed in."""
@@ -111,6 +129,8 @@ class Manifest:
     validation: ValidationInfo
     max_accuracy_drop: float
     artifacts: tuple[ManifestArtifact, ...] = ()
+    min_cosine: float | None = None  # continuous-basis bounds (None: not recorded)
+    max_relative_error: float | None = None
     recommended: str | None = None
     created_at: str = field(default_factory=utc_now)
     schema_version: int = SCHEMA_VERSION
@@ -129,7 +149,16 @@ class Manifest:
         data = asdict(self)
         for art in data["artifacts"]:
             art["passes"] = [dict(p) for p in art["passes"]]
-        order = ["schema_version", "created_at", "source", "validation", "max_accuracy_drop", "recommended"]
+        order = [
+            "schema_version",
+            "created_at",
+            "source",
+            "validation",
+            "max_accuracy_drop",
+            "min_cosine",
+            "max_relative_error",
+            "recommended",
+        ]
         return {**{k: data[k] for k in order}, "artifacts": data["artifacts"]}
 
     def to_json(self) -> str:
@@ -169,6 +198,44 @@ def _opt_num(obj: dict[str, Any], key: str, where: str) -> float | None:
     return float(value)
 
 
+def _opt_interval(obj: dict[str, Any], key: str, where: str) -> tuple[float, float] | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise ManifestError(f"{where}.{key}: expected [low, high] or null")
+    low, high = (_opt_num({"v": v}, "v", f"{where}.{key}") for v in value)
+    if low is None or high is None or low > high:
+        raise ManifestError(f"{where}.{key}: expected two numbers, low <= high")
+    return (low, high)
+
+
+def _opt_choice(obj: dict[str, Any], key: str, choices: tuple[str, ...], where: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and value not in choices:
+        raise ManifestError(f"{where}.{key}: {value!r} is not one of {choices}")
+    return value
+
+
+def _opt_int(obj: dict[str, Any], key: str, where: str) -> int | None:
+    value = obj.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ManifestError(f"{where}.{key}: expected an integer or null, got {type(value).__name__}")
+    return value
+
+
+def _validation(val: dict[str, Any]) -> ValidationInfo:
+    return ValidationInfo(
+        dataset=_req(val, "dataset", str, "validation"),
+        n=_req(val, "n", int, "validation"),
+        has_labels=_req(val, "has_labels", bool, "validation"),
+        output_kind=_opt_choice(val, "output_kind", OUTPUT_KINDS, "validation"),
+        fidelity_basis=_opt_choice(val, "fidelity_basis", FIDELITY_BASES, "validation"),
+        reference_classes=_opt_int(val, "reference_classes", "validation"),
+        reference_majority_pct=_opt_num(val, "reference_majority_pct", "validation"),
+    )
+
+
 def _artifact(obj: Any, i: int) -> ManifestArtifact:
     where = f"artifacts[{i}]"
     fmt = _req(obj, "format", str, where)
@@ -206,6 +273,7 @@ def _artifact(obj: Any, i: int) -> ManifestArtifact:
         status=status,
         error=None if error is None else str(error),
         host_peak_mb=_opt_num(obj, "host_peak_mb", where),
+        host_latency_ci_ms=_opt_interval(obj, "host_latency_ci_ms", where),
     )
 
 
@@ -234,12 +302,10 @@ def manifest_from_dict(data: Any) -> Manifest:
             sha256=_req(src, "sha256", str, "source"),
             format=_req(src, "format", str, "source"),
         ),
-        validation=ValidationInfo(
-            dataset=_req(val, "dataset", str, "validation"),
-            n=_req(val, "n", int, "validation"),
-            has_labels=_req(val, "has_labels", bool, "validation"),
-        ),
+        validation=_validation(val),
         max_accuracy_drop=float(budget),
+        min_cosine=_opt_num(data, "min_cosine", "manifest"),
+        max_relative_error=_opt_num(data, "max_relative_error", "manifest"),
         recommended=recommended,
         artifacts=artifacts,
     )

@@ -42,7 +42,7 @@ class Output:
 
 @dataclass
 class Context:
-    """What every pass may use: data, directories, the accuracy budget and a logger."""
+    """What every pass may use: data, directories, the accuracy budget, a logger and the fidelity check."""
 
     source: Model
     calib: Any  # converter.data.Dataset
@@ -52,7 +52,8 @@ class Context:
     max_accuracy_drop: float
     reference_val: Any  # np.ndarray, fp32 outputs on val
     log: Callable[[str], None] = print
-    evaluate: Callable[[Path], float] | None = None  # artifact -> accuracy drop in points (for fallbacks)
+    # artifact -> converter.fidelity.Verdict (its fidelity, the bound it misses or None), for fallbacks
+    evaluate: Callable[[Path], Any] | None = None
 
 
 @dataclass(frozen=True)

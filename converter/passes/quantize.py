@@ -4,10 +4,12 @@ Measured on this kind of host: ``quantize_dynamic`` on convolutions gives ConvIn
 than fp32 (ResNet-18 162 ms vs 20.5 ms), so the dynamic pass refuses Conv unless ``allow_conv`` is set, and
 then says so. Static int8 runs ``quant_pre_process`` (shape inference + optimization), then
 ``quantize_static`` (QDQ, per-channel weights, uint8 activations / int8 weights) with MinMax, Entropy or
-Percentile calibration on the calibration data. When the validation drop exceeds the budget, the fallback
+Percentile calibration on the calibration data. When the artifact misses the fidelity bounds (the accuracy
+budget, or cosine/relative error when fidelity is continuous: :mod:`converter.fidelity`), the fallback
 ranks the quantized nodes by how much error each one *adds* (relative L2 error of its output minus the worst
 error among its inputs, fp32 vs QDQ, on a few validation samples), keeps the 1, 2, 4, ... worst in float
-and quantizes again, until the drop fits or ``max_float_nodes`` is reached.
+and quantizes again, until it fits or ``max_float_nodes`` is reached. A model without any of the dynamic
+pass's op types comes out unchanged, which the converter records as ``no-op``.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ def int8_dynamic(ctx: Context, base: Model, p: DynamicParams, out_name: str) -> 
     if "Conv" in ops:
         notes.append("warning: dynamic int8 Conv (ConvInteger) is usually much slower than fp32 on CPUs")
     targets = sorted(set(ops) & present)
-    if not targets:
-        raise ConvertError(f"int8_dynamic: the model has no {'/'.join(ops)} op to quantize")
-    if "Conv" in present and "Conv" not in ops:
+    if not targets:  # quantize_dynamic leaves it as it is: the converter records a no-op
+        notes.append(f"the model has no {'/'.join(ops)} op to quantize")
+    elif "Conv" in present and "Conv" not in ops:
         notes.append("convolutions left in float (dynamic int8 only on " + "/".join(targets) + ")")
     out = ctx.out_dir / f"{out_name}.onnx"
     clean = _without_value_info(base.onnx, ctx.work_dir / f"{out_name}.in.onnx")
@@ -192,20 +194,18 @@ def int8_static(ctx: Context, base: Model, p: StaticParams, out_name: str) -> Ou
     notes: list[str] = []
     if not (p.fallback and ctx.evaluate):
         return Output(out, "onnx", "int8-static")
-    drop = ctx.evaluate(out)
-    if drop <= ctx.max_accuracy_drop:
-        return Output(out, "onnx", "int8-static", notes=(f"drop {drop:.2f} pt within budget",))
+    verdict = ctx.evaluate(out)
+    if verdict.miss is None:
+        return Output(out, "onnx", "int8-static", notes=(f"{verdict.summary}: within the fidelity bounds",))
     ranked = [name for name, _ in sensitive_nodes(pre, out, ctx.val)]
     k = 1
-    while drop > ctx.max_accuracy_drop and k <= min(p.max_float_nodes, len(ranked)):
+    while verdict.miss is not None and k <= min(p.max_float_nodes, len(ranked)):
         exclude = ranked[:k]
-        ctx.log(
-            f"    drop {drop:.2f} pt > {ctx.max_accuracy_drop} pt: keeping {k} node(s) in float: {exclude}"
-        )
+        ctx.log(f"    {verdict.miss}: keeping {k} node(s) in float: {exclude}")
         _quantize(pre, out, ctx, p, exclude)
-        drop = ctx.evaluate(out)
-        notes = [f"float fallback for {k} node(s): {', '.join(exclude)}; drop {drop:.2f} pt"]
+        verdict = ctx.evaluate(out)
+        notes = [f"float fallback for {k} node(s): {', '.join(exclude)}; {verdict.summary}"]
         k *= 2
-    if drop > ctx.max_accuracy_drop:
-        notes.append(f"still {drop:.2f} pt below the reference after the fallback")
+    if verdict.miss is not None:
+        notes.append(f"still outside the fidelity bounds after the fallback: {verdict.miss}")
     return Output(out, "onnx", "int8-static", notes=tuple(notes))
