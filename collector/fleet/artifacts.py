@@ -3,6 +3,7 @@ registered in the ``artifacts`` table (where chunks are served from)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ class RegisteredArtifact:
     path: Path
     source: str  # "file" or the manifest's path
     fidelity: dict[str, Any] | None = None
+
+
+log = logging.getLogger(__name__)
 
 
 def _check_model_bytes(path: Path, fmt: str) -> None:
@@ -63,7 +67,9 @@ def artifacts_from_manifest(manifest_path: Path) -> list[RegisteredArtifact]:
     mpath = manifest_path / "manifest.json" if manifest_path.is_dir() else manifest_path
     out = []
     for a in manifest.artifacts:
-        if a.status != "ok":
+        if a.status != "ok":  # degraded, no-op, failed: never pushed (the manifest says why)
+            why = f": {a.error}" if getattr(a, "error", "") else ""
+            log.warning("not pushing %s: status %s%s", a.name, a.status, why)
             continue
         path = a.path(mpath)
         if not path.is_file():
