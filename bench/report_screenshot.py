@@ -2,8 +2,8 @@
 
     python bench/report_screenshot.py REPORT.html SHOT.png [--height 2000]
 
-The rendering lives in testkit/screenshot.py (tests/test_report_html.py uses it too) (skipped when chromium is absent). Exits non-zero when
-chromium is missing or produced no image.
+The rendering lives in testkit/screenshot.py (tests/test_report_html.py uses it too, skipped when
+chromium is absent). Exits non-zero when chromium is missing or produced no image.
 """
 
 from __future__ import annotations

@@ -179,15 +179,34 @@ class SimDevice:
     """One simulated device; all its work happens in :class:`SimLoop` callbacks (never blocks)."""
 
     def __init__(
-        self, device_id: str, tags: tuple[str, ...], cfg: SimConfig, loop: SimLoop, stats: SimStats, keys: dict
+        self,
+        device_id: str,
+        tags: tuple[str, ...],
+        cfg: SimConfig,
+        loop: SimLoop,
+        stats: SimStats,
+        keys: dict,
     ):
         self.device_id, self.tags, self.cfg, self.loop, self.stats, self.keys = (
-            device_id, tags, cfg, loop, stats, keys,
-        )  # fmt: skip
+            device_id,
+            tags,
+            cfg,
+            loop,
+            stats,
+            keys,
+        )
         self.rng = random.Random(device_id)
         self.speed = self.rng.lognormvariate(0.0, 0.5)  # this board's factor on the fleet median
-        self.info = DeviceInfo(device_id=device_id, hostname=device_id, board="simulated board",
-                               arch="aarch64", cpu_cores=4, ram_mb=4096.0, agent_version="sim", tags=tags)  # fmt: skip
+        self.info = DeviceInfo(
+            device_id=device_id,
+            hostname=device_id,
+            board="simulated board",
+            arch="aarch64",
+            cpu_cores=4,
+            ram_mb=4096.0,
+            agent_version="sim",
+            tags=tags,
+        )
         self.started = time.monotonic()
         self.pending: dict[str, tuple[str, bytes, float, str]] = {}  # key -> topic, payload, sent, job
         self.seen_jobs: set[str] = set()
@@ -199,9 +218,13 @@ class SimDevice:
         will = self._status("offline", "last-will").to_json().encode()
         self.settings = BrokerSettings(host=cfg.host, port=cfg.port, keepalive=cfg.keepalive)
         self.client = mqttlink.make_client(
-            self.settings, device_id, persistent=True, manual_ack=False, max_inflight=cfg.inflight,
+            self.settings,
+            device_id,
+            persistent=True,
+            manual_ack=False,
+            max_inflight=cfg.inflight,
             will=(topics.status(device_id), will),
-        )  # fmt: skip
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -217,11 +240,17 @@ class SimDevice:
 
     def _status(self, state: str, reason: str) -> DeviceStatus:
         return DeviceStatus(
-            device_id=self.device_id, state=state, at=utc_now(), reason=reason,  # type: ignore[arg-type]
-            facts=self.info if reason in ("birth", "last-will") else None, tags=self.tags,
-            current_job=self.job.job_id if self.job else None, outbox_pending=len(self.pending),
-            outbox_dropped=0, uptime_s=round(time.monotonic() - self.started, 1),
-        )  # fmt: skip
+            device_id=self.device_id,
+            state=state,
+            at=utc_now(),
+            reason=reason,  # type: ignore[arg-type]
+            facts=self.info if reason in ("birth", "last-will") else None,
+            tags=self.tags,
+            current_job=self.job.job_id if self.job else None,
+            outbox_pending=len(self.pending),
+            outbox_dropped=0,
+            uptime_s=round(time.monotonic() - self.started, 1),
+        )
 
     def _on_connect(self, client: Any, _u: Any, _f: Any, reason_code: Any, _p: Any) -> None:
         if reason_code.is_failure:
@@ -430,11 +459,23 @@ class SimDevice:
         p50 = self.cfg.median_ms * self.speed * artifact_factor * self.rng.lognormvariate(0.0, 0.05)
         base = make_record(self.device_id, p50_ms=round(p50, 4), job_id=job_id, sha256=ref.sha256)
         now = utc_now()
-        artifact = ArtifactInfo(name=ref.name, sha256=ref.sha256, format=ref.format, size_bytes=ref.size_bytes,
-                                precision=ref.precision, model=ref.model or "sim", variant=ref.variant)  # fmt: skip
-        config = RunConfig(runtime="litert" if ref.format == "tflite" else "onnxruntime",
-                           runtime_version="sim", threads=threads)  # fmt: skip
-        return replace(base, device=self.info, artifact=artifact, config=config, started_at=now, finished_at=now)
+        artifact = ArtifactInfo(
+            name=ref.name,
+            sha256=ref.sha256,
+            format=ref.format,
+            size_bytes=ref.size_bytes,
+            precision=ref.precision,
+            model=ref.model or "sim",
+            variant=ref.variant,
+        )
+        config = RunConfig(
+            runtime="litert" if ref.format == "tflite" else "onnxruntime",
+            runtime_version="sim",
+            threads=threads,
+        )
+        return replace(
+            base, device=self.info, artifact=artifact, config=config, started_at=now, finished_at=now
+        )
 
 
 def serve_devices(conn: Any, device_specs: list[tuple[str, tuple[str, ...]]], cfg: SimConfig) -> None:
