@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 
 from edgebench.broker import MosquittoBroker, stop_process  # noqa: E402
-from testkit.sim_device import BURST, SimConfig, SimStats, serve_devices  # noqa: E402
+from testkit.sim_common import BURST, SimConfig, SimStats  # noqa: E402
+from testkit.sim_fleet import serve_devices  # noqa: E402
 from wire.signing import generate_keypair  # noqa: E402
 
 MB = 2**20

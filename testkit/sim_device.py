@@ -18,12 +18,8 @@ to disk, so a simulated device costs a socket and a few KB, not the agent's cach
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import random
-import selectors
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,119 +45,11 @@ from wire.schema import (
     parse_message,
     utc_now,
 )
-from wire.signing import SignatureError, load_trusted_keys, verify
+from wire.signing import SignatureError, verify
 
-__all__ = ["SimConfig", "SimDevice", "SimLoop", "SimStats", "serve_devices"]
+__all__ = ["SimDevice"]
 
-BURST = "burst"  # the stats key of results published outside any job
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    host: str
-    port: int
-    trusted_key: str  # the collector's public key (PEM file)
-    keepalive: int = 60
-    heartbeat_s: float = 30.0
-    confirm_timeout_s: float = 30.0  # no receipt by then: send again (the agent's outbox does the same)
-    chunk_size: int = 256 * 1024
-    chunk_timeout_s: float = 10.0
-    chunk_retries: int = 5
-    inflight: int = 20  # QoS 1 messages awaiting PUBACK per device
-    median_ms: float = 8.0  # the fleet's median p50; each device and artifact varies around it
-
-
-@dataclass
-class JobTally:
-    """One job (or the burst) as this process's devices saw it; wall-clock times for cross-process use."""
-
-    received: int = 0
-    done: int = 0
-    failed: int = 0
-    produced: int = 0
-    confirmed: int = 0
-    bytes_fetched: int = 0
-    first_at: float = 0.0
-    last_confirmed_at: float = 0.0
-
-
-@dataclass
-class SimStats:
-    devices: int = 0
-    connected: int = 0
-    subscribed: int = 0
-    online_at: float = 0.0  # when the last device got its SUBACK
-    connects: int = 0
-    disconnects: int = 0
-    rejected_jobs: int = 0
-    sha_mismatch: int = 0
-    chunk_rerequests: int = 0
-    resent: int = 0
-    receipts: int = 0
-    receipt_rejected: int = 0
-    events_confirmed: int = 0
-    jobs: dict[str, JobTally] = field(default_factory=dict)
-    produced_ids: list[str] = field(default_factory=list)
-
-    def tally(self, job_id: str) -> JobTally:
-        return self.jobs.setdefault(job_id, JobTally())
-
-
-class SimLoop:
-    """One selector and a timer heap for many paho clients (paho's external event loop callbacks)."""
-
-    def __init__(self) -> None:
-        self.sel = selectors.DefaultSelector()
-        self.clients: list[Any] = []
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-
-    def attach(self, client: Any) -> None:
-        client.on_socket_open = lambda c, _u, sock: self.sel.register(sock, selectors.EVENT_READ, c)
-        client.on_socket_close = lambda _c, _u, sock: self._forget(sock)
-        client.on_socket_register_write = lambda c, _u, sock: self._watch(sock, c, write=True)
-        client.on_socket_unregister_write = lambda c, _u, sock: self._watch(sock, c, write=False)
-        self.clients.append(client)
-
-    def _forget(self, sock: Any) -> None:
-        try:
-            self.sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-
-    def _watch(self, sock: Any, client: Any, *, write: bool) -> None:
-        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
-        try:
-            self.sel.modify(sock, mask, client)
-        except (KeyError, ValueError):
-            pass
-
-    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._seq), fn))
-
-    def every(self, period_s: float, fn: Callable[[], None], first_s: float | None = None) -> None:
-        def tick() -> None:
-            fn()
-            self.call_later(period_s, tick)
-
-        self.call_later(period_s if first_s is None else first_s, tick)
-
-    def run_once(self, max_wait_s: float = 0.2) -> None:
-        wait = max_wait_s
-        if self._timers:
-            wait = max(0.0, min(wait, self._timers[0][0] - time.monotonic()))
-        for key, mask in self.sel.select(wait):
-            if not hasattr(key.data, "loop_read"):
-                key.data()  # a plain callback (the control pipe)
-                continue
-            if mask & selectors.EVENT_READ:
-                key.data.loop_read(max_packets=16)
-            if mask & selectors.EVENT_WRITE:
-                key.data.loop_write()
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
-            fn()
+from testkit.sim_common import BURST, SimConfig, SimLoop, SimStats
 
 
 @dataclass
@@ -476,49 +364,3 @@ class SimDevice:
         return replace(
             base, device=self.info, artifact=artifact, config=config, started_at=now, finished_at=now
         )
-
-
-def serve_devices(conn: Any, device_specs: list[tuple[str, tuple[str, ...]]], cfg: SimConfig) -> None:
-    """One simulator process: connect every device, then obey the pipe until "stop".
-
-    Commands (tuples): ("stats",) -> a SimStats snapshot (without produced ids); ("burst", k) -> every
-    device publishes k results; ("stop",) -> shutdown statuses, disconnect, reply the produced ids."""
-    loop, stats = SimLoop(), SimStats(devices=len(device_specs))
-    keys = load_trusted_keys([cfg.trusted_key])
-    devices = [SimDevice(d, tags, cfg, loop, stats, keys) for d, tags in device_specs]
-    done = [False]
-
-    def on_command() -> None:
-        command = conn.recv()
-        if command[0] == "stats":
-            snap = replace(stats, produced_ids=[], jobs={k: replace(v) for k, v in stats.jobs.items()})
-            snap.connected = sum(d.client.is_connected() for d in devices)
-            conn.send(snap)
-        elif command[0] == "burst":
-            for d in devices:
-                for _ in range(command[1]):
-                    d.publish_result(None, None)
-        elif command[0] == "stop":
-            for d in devices:
-                d.stopping = True  # type: ignore[attr-defined]
-                d.publish_status("offline", "shutdown")
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and any(d.client.want_write() for d in devices):
-                loop.run_once(0.05)
-            for d in devices:
-                d.client.disconnect()
-            for _ in range(20):
-                loop.run_once(0.01)
-            conn.send(stats)
-            done[0] = True
-
-    loop.sel.register(conn.fileno(), selectors.EVENT_READ, on_command)
-    loop.every(1.0, lambda: [c.loop_misc() for c in loop.clients])
-    loop.every(5.0, lambda: [d.resend_overdue() for d in devices])
-    for i, d in enumerate(devices):
-        d.connect()
-        loop.every(cfg.heartbeat_s, d.heartbeat, first_s=cfg.heartbeat_s * random.random())
-        if i % 20 == 19:
-            loop.run_once(0.0)
-    while not done[0]:
-        loop.run_once(0.2)
