@@ -98,8 +98,10 @@ COLLECTOR_PROBE = """
 import importlib, json, pkgutil, sys
 import collector
 from edgebench.cli import main
+OPTIONAL = ("collector.store.postgres",)  # the `postgres` extra's modules (psycopg), not `collector`'s
 for info in pkgutil.walk_packages(collector.__path__, "collector."):
-    importlib.import_module(info.name)
+    if not info.name.startswith(OPTIONAL):
+        importlib.import_module(info.name)
 for args in (["collector", "--help"], ["report", "--help"], ["fleet", "--help"]):
     try:
         main(args, prog_name="edgebench")

@@ -227,7 +227,7 @@ def test_ingest_no_loss_no_duplicate_with_receipts(mosquitto, pg_url, tmp_path):
         assert transport.wait_connected(10)
         for _ in range(20):  # a device's outbox empties only on the collector's receipts
             transport.enqueue(topics.results(DEVICE), make_record(DEVICE).to_json().encode())
-        assert transport.flush(20) and outbox.stats().acked == 20 and transport.receipts >= 1
+        assert transport.flush(60) and outbox.stats().acked == 20 and transport.receipts >= 1
         assert pg_count(pg_url) == n + 20
     finally:
         transport.stop()

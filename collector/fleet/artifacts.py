@@ -66,10 +66,12 @@ def artifacts_from_manifest(manifest_path: Path) -> list[RegisteredArtifact]:
         raise FleetError(str(exc)) from None
     mpath = manifest_path / "manifest.json" if manifest_path.is_dir() else manifest_path
     out = []
+    skipped = []
     for a in manifest.artifacts:
         if a.status != "ok":  # degraded, no-op, failed: never pushed (the manifest says why)
             why = f": {a.error}" if getattr(a, "error", "") else ""
             log.warning("not pushing %s: status %s%s", a.name, a.status, why)
+            skipped.append(f"{a.name} {a.status}{why}")
             continue
         path = a.path(mpath)
         if not path.is_file():
@@ -98,7 +100,7 @@ def artifacts_from_manifest(manifest_path: Path) -> list[RegisteredArtifact]:
         fidelity = {k: v for k, v in vars(a.fidelity).items()}
         out.append(RegisteredArtifact(ref, path.resolve(), str(mpath.resolve()), fidelity))
     if not out:
-        raise FleetError(f"{mpath}: no artifact with status 'ok' to push")
+        raise FleetError(f"{mpath}: no artifact with status 'ok' to push ({'; '.join(skipped)[:400]})")
     return out
 
 
