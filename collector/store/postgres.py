@@ -31,6 +31,7 @@ from collector.store.postgres_migrations import apply_migrations
 from collector.store.sqlite import StoreError
 from collector.store.sqlite_rows import (
     HEALTH_COLUMNS,
+    artifact_params,
     dead_letter_row,
     device_params,
     health_params,
@@ -141,28 +142,6 @@ def job_row(job: Job, state: str) -> tuple[Any, ...]:
         state,
         job.key_id,
     )
-
-
-def artifact_params(
-    info: ArtifactInfo | ArtifactRef,
-    path: str | Path | None,
-    source: str,
-    fidelity: dict[str, Any] | None,
-    registered_at: str | None,
-) -> dict[str, Any]:
-    return {
-        "sha256": info.sha256,
-        "name": info.name,
-        "format": info.format,
-        "precision": info.precision,
-        "size_bytes": info.size_bytes,
-        "model": info.model,
-        "variant": info.variant,
-        "source": source,
-        "path": str(path) if path is not None else None,
-        "fidelity": json.dumps(fidelity) if fidelity is not None else None,
-        "registered_at": registered_at or utc_now(),
-    }
 
 
 class PostgresTransaction:

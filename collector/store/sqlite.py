@@ -27,6 +27,7 @@ from collector.store.sqlite_rows import (
     HEALTH_UPSERT_SQL,
     INSERT_RESULT_SQL,
     JOB_EVENT_SQL,
+    artifact_params,
     dead_letter_row,
     device_params,
     excerpt,
@@ -226,19 +227,7 @@ def register_artifact(
     registered_at: str | None = None,
 ) -> None:
     """Insert or refresh an artifact by sha256 (the path is updated: it is where chunks are served from)."""
-    row = {
-        "sha256": info.sha256,
-        "name": info.name,
-        "format": info.format,
-        "precision": info.precision,
-        "size_bytes": info.size_bytes,
-        "model": info.model,
-        "variant": info.variant,
-        "source": source,
-        "path": str(path) if path is not None else None,
-        "fidelity": json.dumps(fidelity) if fidelity is not None else None,
-        "registered_at": registered_at or utc_now(),
-    }
+    row = artifact_params(info, path, source, fidelity, registered_at)
     with db.atomic():
         db.conn.execute(
             "INSERT INTO artifacts (sha256, name, format, precision, size_bytes, model, variant, source, "

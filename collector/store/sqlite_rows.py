@@ -9,12 +9,13 @@ so that a writer can build them outside its transaction and batch them (collecto
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from collector.store.api import HealthRow
 from collector.store.migrations import RESULT_COLUMN_NAMES
 from wire.codec import encode
-from wire.schema import DeviceStatus, JobEvent, ResultRecord
+from wire.schema import ArtifactInfo, ArtifactRef, DeviceStatus, JobEvent, ResultRecord, utc_now
 
 
 def _throttled(record: ResultRecord) -> int | None:
@@ -217,3 +218,26 @@ HEALTH_UPSERT_SQL = (
 def health_params(row: HealthRow) -> tuple[Any, ...]:
     """The parameters of :data:`HEALTH_UPSERT_SQL`, in :data:`HEALTH_COLUMNS` order."""
     return tuple(int(v) if isinstance(v, bool) else v for v in (getattr(row, c) for c in HEALTH_COLUMNS))
+
+
+def artifact_params(
+    info: ArtifactInfo | ArtifactRef,
+    path: str | Path | None,
+    source: str,
+    fidelity: dict[str, Any] | None,
+    registered_at: str | None,
+) -> dict[str, Any]:
+    """The ``artifacts`` row of one registration (both stores)."""
+    return {
+        "sha256": info.sha256,
+        "name": info.name,
+        "format": info.format,
+        "precision": info.precision,
+        "size_bytes": info.size_bytes,
+        "model": info.model,
+        "variant": info.variant,
+        "source": source,
+        "path": str(path) if path is not None else None,
+        "fidelity": json.dumps(fidelity) if fidelity is not None else None,
+        "registered_at": registered_at or utc_now(),
+    }
