@@ -81,7 +81,10 @@ def basis_line(manifest) -> str:
         bound = f"continuous metrics: ok = cosine >= {manifest.min_cosine}{rel}"
     else:
         what = "accuracy on the labels" if v.fidelity_basis == "accuracy" else "top-1 agreement with fp32"
-        bound = f"{what}: ok = at most {manifest.max_accuracy_drop} pt lost"
+        bound = (
+            f"{what}: ok = at most {manifest.max_accuracy_drop} pt lost and cosine of the class "
+            f"probabilities >= {manifest.min_cosine}"
+        )
     return f"fidelity ({v.output_kind} outputs, {v.n} samples): {bound}"
 
 

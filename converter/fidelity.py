@@ -13,11 +13,16 @@ Output kind (``auto`` decides from the reference's output shape; ``--output-kind
 
 Continuous metrics, always computed (each sample's outputs flattened, float64): ``cosine`` (of the whole
 validation set's outputs), ``relative_error`` (||out - ref|| / ||ref||, the same vectors), max and mean
-absolute error.
+absolute error. Classification outputs also get ``probability_cosine``: the cosine of the class
+probabilities (softmax of each sample's scores; the scores themselves when every row already is a
+probability distribution). Logits are unbounded and int8 moves the small ones most, which changes no
+decision; probabilities weigh the classes a decision rests on, so that cosine is the continuous bound a
+classifier is held to.
 
 Bounds (:class:`FidelityBounds`): the *basis* decides what an ``ok`` artifact must meet.
-``accuracy`` (labels) / ``top1``: at most ``max_accuracy_drop`` points lost; ``continuous``: cosine >=
-``min_cosine`` (0.99 by default) and, when set, relative error <= ``max_relative_error``. An artifact
+``accuracy`` (labels) / ``top1``: at most ``max_accuracy_drop`` points lost *and* probability cosine >=
+``min_cosine``; ``continuous``: cosine >= ``min_cosine`` (0.99 by default) and, when set, relative error <=
+``max_relative_error``. No artifact whose judged cosine is below ``min_cosine`` is ``ok``. An artifact
 outside them is ``degraded``: kept and shown, never recommended nor pushed by default.
 """
 
@@ -65,6 +70,25 @@ def per_sample(outputs: np.ndarray) -> np.ndarray:
     """[N, ...] -> [N, features] float64."""
     arr = np.asarray(outputs, dtype=np.float64)
     return arr.reshape(len(arr), -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """[N, classes] -> class probabilities: the rows themselves when each is already a distribution
+    (non-negative, summing to 1 within 1e-3), else a numerically stable softmax."""
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.size and np.all(arr >= 0) and np.allclose(arr.sum(axis=1), 1.0, atol=1e-3):
+        return arr
+    shifted = arr - arr.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two equally shaped arrays, flattened; two all-zero arrays are 1 when equal."""
+    denom = float(np.linalg.norm(a)) * float(np.linalg.norm(b))
+    if not denom:
+        return float(bool(np.array_equal(a, b)))
+    return float(np.clip(np.dot(a.ravel(), b.ravel()) / denom, -1.0, 1.0))
 
 
 def output_kind(outputs: np.ndarray, requested: str = "auto") -> OutputKind:
@@ -115,14 +139,13 @@ def fidelity(
     kind = kind or output_kind(reference)
     ref, out = per_sample(reference), per_sample(outputs)
     err = np.abs(ref - out)
-    norm_ref, norm_out = float(np.linalg.norm(ref)), float(np.linalg.norm(out))
+    norm_ref = float(np.linalg.norm(ref))
     same = bool(np.array_equal(ref, out))
-    denom = norm_ref * norm_out
-    cosine = float(np.clip(np.dot(ref.ravel(), out.ravel()) / denom, -1.0, 1.0)) if denom else float(same)
     diff = float(np.linalg.norm(ref - out))
     relative = diff / norm_ref if norm_ref else (0.0 if same else float("inf"))
-    agree = acc = ref_acc = delta = None
+    agree = acc = ref_acc = delta = prob_cos = None
     if kind == "classification":
+        prob_cos = cosine(probabilities(ref), probabilities(out))
         agree = float(np.mean(ref.argmax(1) == out.argmax(1)) * 100)
         if labels is not None:
             acc = float(np.mean(out.argmax(1) == labels) * 100)
@@ -135,8 +158,9 @@ def fidelity(
         top1_agreement=agree,
         max_abs_error=float(err.max()) if err.size else 0.0,
         mean_abs_error=float(err.mean()) if err.size else 0.0,
-        cosine=cosine,
+        cosine=cosine(ref, out),
         relative_error=relative,
+        probability_cosine=prob_cos,
     )
 
 
@@ -156,12 +180,13 @@ def judge(fid: Fidelity, profile: ReferenceProfile, bounds: FidelityBounds) -> V
         drop = accuracy_drop(fid)
         assert drop is not None  # a classification basis always has agreement
         what = "accuracy" if profile.basis == "accuracy" else "top-1 agreement"
-        miss = (
-            f"{what} drop {drop:.2f} pt > budget {bounds.max_accuracy_drop} pt"
-            if drop > bounds.max_accuracy_drop
-            else None
-        )
-        return Verdict(fid, miss, f"drop {drop:.2f} pt")
+        misses = []
+        if drop > bounds.max_accuracy_drop:
+            misses.append(f"{what} drop {drop:.2f} pt > budget {bounds.max_accuracy_drop} pt")
+        prob = fid.probability_cosine if fid.probability_cosine is not None else float("nan")
+        if not prob >= bounds.min_cosine:  # NaN misses too
+            misses.append(f"probability cosine {prob:.4f} < {bounds.min_cosine}")
+        return Verdict(fid, "; ".join(misses) or None, f"drop {drop:.2f} pt, probability cosine {prob:.4f}")
     cosine = fid.cosine if fid.cosine is not None else float("nan")
     rel = fid.relative_error if fid.relative_error is not None else float("nan")
     misses = []

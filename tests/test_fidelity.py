@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from converter.models import digits_paths
 from wire.manifest import Fidelity, ManifestArtifact, PassRecord, load_manifest
@@ -210,8 +212,15 @@ def test_judge_by_basis():
 
     bounds = FidelityBounds(max_accuracy_drop=1.0, min_cosine=0.99, max_relative_error=0.05)
     top1 = ReferenceProfile("classification", "top1", 10, 20.0)
-    assert judge(Fidelity(top1_agreement=99.5, cosine=0.5), top1, bounds).miss is None
-    assert "drop 2.00 pt > budget 1.0" in judge(Fidelity(top1_agreement=98.0, cosine=1.0), top1, bounds).miss
+    # classifiers: the logit cosine does not decide, the probability cosine does (never ok below 0.99)
+    assert (
+        judge(Fidelity(top1_agreement=99.5, cosine=0.5, probability_cosine=0.995), top1, bounds).miss is None
+    )
+    miss = judge(Fidelity(top1_agreement=98.0, cosine=1.0, probability_cosine=1.0), top1, bounds).miss
+    assert "drop 2.00 pt > budget 1.0" in miss
+    miss = judge(Fidelity(top1_agreement=100.0, cosine=0.999, probability_cosine=0.98), top1, bounds).miss
+    assert miss == "probability cosine 0.9800 < 0.99"
+    assert "probability cosine nan" in judge(Fidelity(top1_agreement=100.0), top1, bounds).miss
     cont = ReferenceProfile("dense", "continuous")
     assert judge(Fidelity(cosine=0.995, relative_error=0.01), cont, bounds).miss is None
     assert judge(Fidelity(cosine=0.98, relative_error=0.01), cont, bounds).miss == "cosine 0.9800 < 0.99"
@@ -353,3 +362,33 @@ def test_digits_on_one_class_of_samples_is_judged_on_continuous_fidelity(tmp_pat
         assert art.fidelity.top1_agreement is not None  # still shown, not used
         within = art.fidelity.cosine >= 0.99
         assert art.status == ("ok" if within else "degraded"), (art.name, art.fidelity.cosine)
+
+
+def test_probability_cosine_softmaxes_scores_and_keeps_distributions():
+    from converter.fidelity import fidelity, probabilities
+
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((200, 10)) * 4
+    probs = probabilities(logits)
+    assert np.allclose(probs.sum(1), 1.0) and np.all(probs >= 0)
+    assert np.array_equal(probabilities(probs), probs)  # already a distribution: kept as is
+    # noise on the small logits (what int8 does) moves the logit cosine, hardly the probabilities
+    noisy = logits + rng.standard_normal(logits.shape) * 0.5 * (logits < 0)
+    fid = fidelity(logits, noisy, None, "classification")
+    assert fid.probability_cosine > fid.cosine
+    assert fidelity(logits, logits, None, "classification").probability_cosine == 1.0
+    assert fidelity(logits[:, :1], logits[:, :1], None, "dense").probability_cosine is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 20),
+    st.integers(2, 12),
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+)
+def test_probabilities_are_finite_distributions_for_any_scores(n, classes, scale):
+    from converter.fidelity import probabilities
+
+    scores = np.random.default_rng(n * classes).standard_normal((n, classes)) * scale
+    probs = probabilities(scores)
+    assert np.all(np.isfinite(probs)) and np.allclose(probs.sum(1), 1.0)

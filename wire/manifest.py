@@ -97,6 +97,9 @@ class Fidelity:
     mean_abs_error: float | None = None
     cosine: float | None = None
     relative_error: float | None = None  # ||out - ref|| / ||ref|| over the validation outputs
+    # classification outputs: cosine of the class probabilities (softmax of the scores, or the scores
+    # when they already are probabilities), the continuous bound classifiers are held to
+    probability_cosine: float | None = None
 
 
 @dataclass(frozen=True)
