@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("collector.reports.cli:report_group", "collector"),
     "convert": ("converter.cli:convert", "converter"),
     "demo": ("edgebench.demo_cli:demo", "all"),
+    "browser": ("edgebench.browser.cli:browser_group", "all"),
 }
 
 
