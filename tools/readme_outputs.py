@@ -44,6 +44,8 @@ FENCE = "```"
 MASKS: tuple[tuple[str, str], ...] = (
     # the host timing verdict beside a speedup's CI flips between runs when the CI touches 1.0
     (r"(\(\d+\.\d+-\d+\.\d+\)\s+)(?:faster|slower|same)\b", r"\1<verdict>"),
+    # the drift sampling stride follows the run count a time-bound measurement reached
+    (r"\bevery \d+(?:st|nd|rd|th) run\b", "every <k>th run"),
     (r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "<id>"),
     (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z", "<time>"),
     (r"\b[0-9a-f]{8,}\b", "<hex>"),
