@@ -4,7 +4,7 @@
 // that the receipt confirms. Needs `npm run build` first. Run: node web/test/browser.test.mjs
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { launchChromium, pythonFixtures, startCollector, startMosquitto, startStatic, STATIC, tmpdir, waitFor } from './harness.mjs';
+import { launchChromium, runScenario, pythonFixtures, startCollector, startMosquitto, startStatic, STATIC, tmpdir, waitFor } from './harness.mjs';
 
 const DEVICE = 'browser-test1';
 const dir = tmpdir();
@@ -17,8 +17,7 @@ const collector = await startCollector(broker.tcp, { [good.artifacts[0].sha256]:
 const WEBGPU = process.env.EDGEBENCH_WEBGPU !== '0'; // SwiftShader's WebGPU adapter; 0: wasm only
 const browser = await launchChromium({ webgpu: WEBGPU });
 const t0 = Date.now();
-let failed = false;
-try {
+await runScenario({ browser, collector, web, broker }, async () => {
   const page = await browser.newPage();
   page.on('console', (m) => m.type() === 'error' && console.log('page error:', m.text()));
   page.on('pageerror', (e) => console.log('page exception:', e.message));
@@ -90,13 +89,4 @@ try {
   assert.equal(b.state, 'done', b.error);
   console.log(`bare loop: p50=${b.p50_ms.toFixed(4)} ms n=${b.n} (page p50 ${r.latency.p50_ms.toFixed(4)} ms)`);
   console.log(`ok: browser test passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-} catch (exc) {
-  failed = true;
-  console.error('FAILED:', exc.stack || exc);
-} finally {
-  await browser.close();
-  await collector.stop();
-  await web.stop();
-  broker.stop();
-}
-process.exit(failed ? 1 : 0);
+});

@@ -137,3 +137,20 @@ export async function launchChromium({ webgpu = false } = {}) {
 }
 
 export const tmpdir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'edgebench-web-'));
+
+// Run a scenario's body, print its failure, stop every server it started (by handle), exit 0 or 1.
+export async function runScenario({ browser, collector, web, broker }, body) {
+  let failed = false;
+  try {
+    await body();
+  } catch (exc) {
+    failed = true;
+    console.error('FAILED:', exc.stack || exc);
+  } finally {
+    await browser.close();
+    await collector.stop();
+    await web.stop();
+    broker.stop();
+  }
+  process.exit(failed ? 1 : 0);
+}

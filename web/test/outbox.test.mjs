@@ -3,7 +3,7 @@
 // sends it again (same result_id) and the receipt then empties the outbox. Needs `npm run build` first.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { launchChromium, pythonFixtures, startCollector, startMosquitto, startStatic, STATIC, tmpdir, waitFor } from './harness.mjs';
+import { launchChromium, runScenario, pythonFixtures, startCollector, startMosquitto, startStatic, STATIC, tmpdir, waitFor } from './harness.mjs';
 
 const DEVICE = 'browser-outbox1';
 const dir = tmpdir();
@@ -13,8 +13,7 @@ const broker = await startMosquitto(dir);
 const web = await startStatic(STATIC);
 const collector = await startCollector(broker.tcp, { [good.artifacts[0].sha256]: fs.readFileSync(fx.model) }, { receipts: false });
 const browser = await launchChromium();
-let failed = false;
-try {
+await runScenario({ browser, collector, web, broker }, async () => {
   const page = await browser.newPage();
   const q = new URLSearchParams({ device: DEVICE, broker: broker.ws, key: fx.pub });
   await page.goto(`${web.url}/index.html?${q}`);
@@ -33,13 +32,4 @@ try {
   assert.equal(reruns, 2, 'the received event was resent, and the job not run again');
   console.log(`after a reload: result ${done.result_ids[0]} sent again (${copies} copies), receipts emptied the outbox`);
   console.log('ok: outbox test passed');
-} catch (exc) {
-  failed = true;
-  console.error('FAILED:', exc.stack || exc);
-} finally {
-  await browser.close();
-  await collector.stop();
-  await web.stop();
-  broker.stop();
-}
-process.exit(failed ? 1 : 0);
+});
